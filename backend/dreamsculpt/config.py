@@ -1,0 +1,137 @@
+"""Typed configuration of a run. A method is a combination of parts chosen here.
+
+Presets set resolution and step counts; every field can still be overridden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
+
+
+@dataclass
+class FieldConfig:
+    grid_resolution: int = 64       # feature grid cells per axis
+    feature_dim: int = 8
+    hidden_dim: int = 32
+    bound: float = 1.0              # the field lives in [-bound, bound]^3
+    blob_density: float = 10.0      # Magic3D-style initial density blob at the centre ...
+    blob_radius: float = 0.5        # ... of this radius (world units)
+
+
+@dataclass
+class RenderConfig:
+    resolution: int = 64            # square render size during optimisation
+    samples_per_ray: int = 64
+    occupancy_resolution: int = 64  # empty-space-skipping grid
+    occupancy_update_every: int = 16
+    occupancy_threshold: float = 0.01   # alpha of one sample step below which a cell is empty
+
+
+@dataclass
+class CameraConfig:
+    elevation_deg: tuple[float, float] = (-10.0, 60.0)
+    azimuth_deg: tuple[float, float] = (-180.0, 180.0)
+    distance: tuple[float, float] = (2.6, 3.2)
+    fov_deg: tuple[float, float] = (38.0, 45.0)
+    jitter: bool = True             # jitter the look-at point and ray origins in pixels
+
+
+@dataclass
+class GuidanceConfig:
+    prior: str = "sd"               # sd | builtin | references
+    prompt: str = ""
+    negative: str = ""
+    model: str = DEFAULT_SD_MODEL   # hub id, local diffusers folder or one .safetensors/.ckpt
+    references: str | None = None   # folder of images (+ optional poses.json)
+    guidance_scale: float | None = None  # None: the prior's own default (100 for sd)
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_anneal_to: float | None = None
+    view_dependent: bool = True     # front / side / back / overhead prompts
+    view_sigma_deg: float = 25.0    # reference prior: width of the camera-proximity kernel
+    fp16: bool = False              # opt-in, CUDA only
+    device: str = "auto"            # auto: cuda, then mps, then cpu
+
+
+@dataclass
+class ShadingConfig:
+    warmup_fraction: float = 0.25   # albedo only until this fraction of the run
+    p_albedo: float = 0.5           # after warm-up: probabilities of each shading mode
+    p_lambertian: float = 0.35
+    p_textureless: float = 0.15
+    ambient: float = 0.3
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 1
+    lr: float = 0.02
+    mlp_lr: float = 0.005
+    seed: int = 0
+    guidance_weight: float = 1.0
+    lambda_entropy: float = 1e-3     # opacity entropy: surfaces crisp, not semi-transparent
+    lambda_orient: float = 1e-2      # orientation: normals face the camera
+    lambda_sparsity: float = 0.0
+    checkpoint_every: int = 250
+    preview_every: int = 50
+
+
+@dataclass
+class MeshConfig:
+    resolution: int = 256
+    threshold: float | None = None   # None: automatic (see mesh.auto_threshold)
+    min_component_fraction: float = 0.05   # drop pieces smaller than this share of faces
+    max_faces: int | None = None     # decimate to this face budget
+    export_obj: bool = False
+
+
+@dataclass
+class RunConfig:
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "RunConfig":
+        return _build(RunConfig, data)
+
+
+def _build(cls, data: dict):
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+        if is_dataclass(default):
+            value = _build(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+#: name -> (render resolution, steps, mesh resolution)
+PRESETS: dict[str, dict] = {
+    "preview": {"resolution": 32, "steps": 600, "mesh_resolution": 128},
+    "standard": {"resolution": 64, "steps": 1500, "mesh_resolution": 256},
+    "high": {"resolution": 128, "steps": 4000, "mesh_resolution": 384},
+}
+
+
+def apply_preset(config: RunConfig, name: str) -> RunConfig:
+    preset = PRESETS[name]
+    config.render.resolution = preset["resolution"]
+    config.train.steps = preset["steps"]
+    config.mesh.resolution = preset["mesh_resolution"]
+    return config

@@ -1,0 +1,94 @@
+"""The one small interface every 2D prior answers, and the pieces they share.
+
+The optimisation loop only ever calls::
+
+    out = guidance.grad(images, cameras, progress, generator)
+    (images * out.grad).sum().backward()
+
+so the reference prior, Stable Diffusion (and later DeepFloyd IF or Zero123) are
+interchangeable. `grad` is d(loss)/d(images): the Score Distillation Sampling gradient
+w(t) * (eps_hat - eps) carried back to image space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..cameras import Cameras
+
+
+@dataclass
+class GuidanceOutput:
+    """grad: [B, 3, H, W], same shape as the rendered images; never requires grad.
+    loss: a scalar for progress reports (the mean squared SDS residual).
+    t: [B] the diffusion times used, in [0, 1]."""
+
+    grad: torch.Tensor
+    loss: float
+    t: torch.Tensor
+
+
+class Guidance(Protocol):
+    #: Background the prior expects behind the object: "white" for rendered reference
+    #: sets, "learned" / "random" for natural-image models.
+    background: str
+    #: Default weight of the guidance gradient (a prior-specific scale).
+    def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
+             generator: torch.Generator) -> GuidanceOutput:
+        """images: [B, 3, H, W] renders in [0, 1]; progress: fraction of the run done."""
+        ...
+
+
+def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085,
+                                 beta_end: float = 0.012) -> torch.Tensor:
+    """[steps] alpha-bar of Stable Diffusion's "scaled_linear" schedule (also used by the
+    reference prior, so both see the same noise levels)."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0).float()
+
+
+@dataclass
+class TimestepSchedule:
+    """Uniform diffusion times in [t_min, t_max_now], where t_max_now moves linearly from
+    t_max to `anneal_to` over the run when annealing is on (DreamFusion samples
+    [0.02, 0.98]; annealing the top down sharpens detail late in the run)."""
+
+    t_min: float = 0.02
+    t_max: float = 0.98
+    anneal_to: float | None = None
+
+    def upper(self, progress: float) -> float:
+        if self.anneal_to is None:
+            return self.t_max
+        return self.t_max + (self.anneal_to - self.t_max) * min(max(progress, 0.0), 1.0)
+
+    def sample(self, batch: int, progress: float, generator: torch.Generator) -> torch.Tensor:
+        """[batch] continuous times in [0, 1]."""
+        hi = max(self.upper(progress), self.t_min)
+        return self.t_min + (hi - self.t_min) * torch.rand(batch, generator=generator)
+
+
+#: View suffixes appended to the prompt, in DreamFusion's manner.
+VIEW_NAMES = ("front", "side", "back", "overhead")
+
+
+def view_weights(azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor,
+                 overhead_deg: float = 60.0) -> torch.Tensor:
+    """[B] camera angles -> [B, 4] blending weights over VIEW_NAMES, rows sum to 1.
+
+    "Front" is Blender's Front view: the camera on -Y (azimuth -90 degrees) looking along +Y.
+    Weights vary smoothly with azimuth (front -> side -> back), and cameras above
+    `overhead_deg` elevation blend into "overhead" over a 15 degree band.
+    """
+    # Angle away from the front camera, in [0, 180] degrees.
+    off = torch.remainder(azimuth_deg + 90.0 + 180.0, 360.0) - 180.0
+    off = off.abs()
+    front = (1.0 - off / 90.0).clamp(0, 1)
+    back = (off / 90.0 - 1.0).clamp(0, 1)
+    side = 1.0 - front - back
+    over = ((elevation_deg - (overhead_deg - 15.0)) / 15.0).clamp(0, 1)
+    ring = torch.stack([front, side, back], -1) * (1.0 - over)[:, None]
+    return torch.cat([ring, over[:, None]], -1)
