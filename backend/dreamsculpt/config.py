@@ -5,14 +5,15 @@ Presets set resolution and step counts; every field can still be overridden.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import field as _field
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
 
 
 @dataclass
 class FieldConfig:
-    grid_resolution: int = 64       # feature grid cells per axis
+    grid_resolution: int = 128      # triplane texels per axis
     feature_dim: int = 8
     hidden_dim: int = 32
     bound: float = 1.0              # the field lives in [-bound, bound]^3
@@ -72,8 +73,9 @@ class TrainConfig:
     mlp_lr: float = 0.005
     seed: int = 0
     guidance_weight: float = 1.0
-    lambda_entropy: float = 1e-3     # opacity entropy: surfaces crisp, not semi-transparent
+    lambda_entropy: float = 0.05    # opacity entropy: surfaces crisp, not semi-transparent
     lambda_orient: float = 1e-2      # orientation: normals face the camera
+    lambda_tv: float = 0.1           # smoothness of the triplane features
     lambda_sparsity: float = 0.0
     checkpoint_every: int = 250
     preview_every: int = 50
@@ -90,13 +92,13 @@ class MeshConfig:
 
 @dataclass
 class RunConfig:
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    field: FieldConfig = field(default_factory=FieldConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    shading: ShadingConfig = field(default_factory=ShadingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    mesh: MeshConfig = field(default_factory=MeshConfig)
+    guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)
+    field: FieldConfig = _field(default_factory=FieldConfig)
+    render: RenderConfig = _field(default_factory=RenderConfig)
+    camera: CameraConfig = _field(default_factory=CameraConfig)
+    shading: ShadingConfig = _field(default_factory=ShadingConfig)
+    train: TrainConfig = _field(default_factory=TrainConfig)
+    mesh: MeshConfig = _field(default_factory=MeshConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,314 @@
+"""Stable Diffusion as a 2D prior: latent Score Distillation Sampling.
+
+One `grad` call, top to bottom: resize the renders to the UNet's native size, encode them
+with the VAE (keeping the graph), add noise at a sampled timestep, run the UNet once on
+[unconditional, conditional], combine by classifier-free guidance, and carry
+w(t) * (eps_cfg - eps) from latent space back to image space with one autograd.grad.
+
+Models come from a hub id (Hugging Face cache first, then the network), a local diffusers
+folder (model_index.json) or one .safetensors/.ckpt file. diffusers and transformers are
+imported inside the loaders so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..cameras import Cameras
+from ..config import DEFAULT_SD_MODEL, GuidanceConfig
+from ..devices import resolve_device, resolve_dtype
+from ..errors import DreamsculptError
+from .base import VIEW_NAMES, GuidanceOutput, TimestepSchedule, view_weights
+
+DEFAULT_GUIDANCE_SCALE = 100.0  # DreamFusion's value: SDS needs far more than sampling's 7.5
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_OFFLINE_ERRORS = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError",
+                   "TransportError", "TimeoutException", "Timeout", "TimeoutError"}
+_WHAT_TO_DO = ("Download it once with network access, pass a local copy with --model PATH, "
+               "or use the offline reference prior with --prior builtin.")
+
+
+@dataclass
+class SDComponents:
+    """The frozen parts SDS needs. alphas_cumprod: [T] float32 on the UNet's device
+    (T = 1000 training steps); prediction_type: "epsilon" or "v_prediction"."""
+
+    unet: Any                 # diffusers UNet2DConditionModel, in the run's dtype
+    vae: Any                  # diffusers AutoencoderKL, always float32 (see _freeze)
+    text_encoder: Any         # transformers CLIPTextModel
+    tokenizer: Any            # transformers CLIPTokenizer
+    alphas_cumprod: torch.Tensor
+    prediction_type: str = "epsilon"
+    source: str = ""          # what --model named, for messages
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """Side in pixels the UNet was trained at (512 for SD 2.1-base)."""
+        return self.vae_scale_factor * self.unet.config.sample_size
+
+
+def load_sd_components(model: str = DEFAULT_SD_MODEL, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> SDComponents:
+    """Load and freeze a Stable Diffusion model: a hub id, a local diffusers folder or one
+    .safetensors/.ckpt file. Raises DreamsculptError saying what to do when it cannot."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise DreamsculptError(
+                f"'{model}' is a folder but not a diffusers Stable Diffusion folder (no "
+                "model_index.json). Pass a diffusers folder or one .safetensors/.ckpt file "
+                "with --model PATH, or use --prior builtin.")
+        try:
+            parts = _load_parts(str(path), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise DreamsculptError(
+                f"Could not load the diffusers folder '{model}' ({_first_line(exc)}). Pass a "
+                "complete Stable Diffusion folder with --model PATH, or use --prior builtin."
+            ) from exc
+    elif path.is_file():
+        parts = _load_single_file(path)
+    elif _looks_like_path(model):
+        raise DreamsculptError(
+            f"Stable Diffusion model path '{model}' does not exist. Pass an existing diffusers "
+            "folder or .safetensors/.ckpt file with --model PATH, or use --prior builtin.")
+    else:
+        parts = _load_from_hub(model)
+    components = _freeze(*parts, device=torch.device(device), dtype=dtype)
+    components.source = model
+    return components
+
+
+def _looks_like_path(model: str) -> bool:
+    """Hub ids are 'name' or 'owner/name'; anything else that is not on disk is a path."""
+    return (model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or "\\" in model
+            or model.lower().endswith(SINGLE_FILE_SUFFIXES) or os.path.isabs(model))
+
+
+def _load_parts(source: str, local_files_only: bool) -> tuple:
+    """(unet, vae, text_encoder, tokenizer, scheduler) from a diffusers layout (folder or hub)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw = {"local_files_only": local_files_only}
+    return (UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
+            AutoencoderKL.from_pretrained(source, subfolder="vae", **kw),
+            CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw),
+            CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
+            DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw))
+
+
+def _load_from_hub(repo: str) -> tuple:
+    """The Hugging Face cache first (works offline), then the network unless HF_HUB_OFFLINE."""
+    try:
+        return _load_parts(repo, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        error: Exception = exc
+    if not _hub_offline():
+        try:
+            # One request without retries first: with no network, hub downloads back off
+            # and retry for about 25 seconds before failing.
+            from huggingface_hub import model_info
+
+            model_info(repo, timeout=10)
+            return _load_parts(repo, local_files_only=False)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
+            error = exc
+    reason = "the model hub is unreachable"
+    if _reached_hub(error) and not _is_offline_error(error):
+        reason = f"the model hub did not provide it ({_first_line(error)})"
+    raise DreamsculptError(
+        f"Could not load Stable Diffusion model '{repo}': not a local folder or file, and "
+        f"{reason}. {_WHAT_TO_DO}") from error
+
+
+def _load_single_file(path: Path) -> tuple:
+    """One original-format checkpoint through diffusers' from_single_file.
+
+    The weights are local, but diffusers also needs the diffusers-format configs of the
+    matching model: a diffusers folder holding the file (as the official SD repos do) is used
+    as that config; otherwise diffusers infers a hub repo from the weights and reads its
+    configs from the Hugging Face cache, downloading them (small JSON files) when missing.
+    Inference cannot tell SD 2.1-base (512 px, epsilon) from SD 2.1 (768 px, v-prediction):
+    both map to the latter, which is why a surrounding diffusers folder takes precedence.
+    """
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise DreamsculptError(
+            f"'{path}' is not a .safetensors or .ckpt file. Pass a diffusers folder or one "
+            "checkpoint file with --model PATH, or use --prior builtin.")
+    config = str(path.parent) if (path.parent / "model_index.json").is_file() else None
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), config=config, local_files_only=True, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+    except Exception as exc:  # noqa: BLE001
+        if _is_offline_error(exc):
+            raise DreamsculptError(
+                f"Could not load the checkpoint '{path}': diffusers needs the configuration "
+                "files of the matching Stable Diffusion model, they are not in the Hugging Face "
+                "cache and the model hub is unreachable. Run once with network access, put the "
+                "file inside a diffusers folder of the same model (one with model_index.json), "
+                "pass a diffusers folder with --model PATH, or use --prior builtin.") from exc
+        raise DreamsculptError(
+            f"Could not load '{path}' as a Stable Diffusion checkpoint ({_first_line(exc)}). "
+            "Pass a Stable Diffusion 1.x/2.x checkpoint or diffusers folder with --model PATH, "
+            "or use --prior builtin.") from exc
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads the variable only at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or constants.is_offline_mode()
+
+
+def _exception_chain(exc: BaseException):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    """True when the failure comes from having no network (or HF_HUB_OFFLINE). Matched by
+    class name: huggingface_hub, httpx and requests each have their own connection errors."""
+    for e in _exception_chain(exc):
+        if _OFFLINE_ERRORS & {cls.__name__ for cls in type(e).__mro__}:
+            return True
+    return False
+
+
+def _reached_hub(exc: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return any(isinstance(e, HfHubHTTPError) for e in _exception_chain(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _freeze(unet, vae, text_encoder, tokenizer, scheduler, device: torch.device,
+            dtype: torch.dtype) -> SDComponents:
+    """Move to the device, freeze every weight. The VAE stays float32 even when the UNet is
+    fp16: SDS backpropagates through its encoder, and SD's VAE overflows in fp16 (NaN
+    latents and gradients at 512 px); it is small, so fp32 costs little."""
+    for module, module_dtype in ((unet, dtype), (text_encoder, dtype), (vae, torch.float32)):
+        module.requires_grad_(False).eval().to(device)
+        if module.dtype != module_dtype:  # cast only when needed (diffusers warns on casts)
+            module.to(module_dtype)
+    alphas = scheduler.alphas_cumprod.to(device, torch.float32)
+    return SDComponents(unet, vae, text_encoder, tokenizer, alphas,
+                        scheduler.config.get("prediction_type", "epsilon"))
+
+
+class StableDiffusionGuidance:
+    """Latent SDS with classifier-free guidance and view-dependent prompts."""
+
+    background = "learned"
+
+    def __init__(self, config: GuidanceConfig, device: torch.device | None = None,
+                 components: SDComponents | None = None):
+        if not config.prompt.strip():
+            raise DreamsculptError("Stable Diffusion guidance needs a text prompt: pass one, "
+                                   "or use --prior builtin or --prior references.")
+        if components is None:
+            device = device if device is not None else resolve_device(config.device)
+            dtype = resolve_dtype(config.fp16, device)
+            components = load_sd_components(config.model, device, dtype)
+        self.parts = components
+        self.device = components.alphas_cumprod.device
+        self.scale = (DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None
+                      else config.guidance_scale)
+        self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
+        self.view_dependent = config.view_dependent
+        prompts = ([f"{config.prompt}, {view} view" for view in VIEW_NAMES]
+                   if config.view_dependent else [config.prompt])
+        self.cond = self._encode_text(prompts)             # [V, L, D], V = 4 or 1
+        self.uncond = self._encode_text([config.negative])  # [1, L, D]
+
+    def describe(self) -> str:
+        size, dtype = self.parts.native_size, str(self.parts.unet.dtype).replace("torch.", "")
+        views = "view-dependent prompts" if self.view_dependent else "one prompt"
+        return (f"Stable Diffusion '{self.parts.source or 'preloaded'}' ({size} px, {dtype}, "
+                f"{self.device}), guidance scale {self.scale:g}, {views}")
+
+    @torch.no_grad()
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """N prompts -> [N, L, D] CLIP hidden states (L = tokenizer.model_max_length)."""
+        tok = self.parts.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids
+        return self.parts.text_encoder(ids.to(self.device))[0].to(self.parts.unet.dtype)
+
+    def _conditioning(self, cameras: Cameras) -> torch.Tensor:
+        """[B, L, D] text embeddings, blended over the four view prompts per camera."""
+        batch = len(cameras)
+        if not self.view_dependent:
+            return self.cond.expand(batch, -1, -1)
+        weights = view_weights(cameras.azimuth_deg, cameras.elevation_deg)  # [B, 4]
+        return torch.einsum("bv,vld->bld", weights.to(self.device, self.cond.dtype), self.cond)
+
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> [B, 4, h, w] scaled latents (differentiable), where
+        h = w = unet.config.sample_size."""
+        size = self.parts.native_size
+        x = images.to(self.device, torch.float32)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        posterior = self.parts.vae.encode(x * 2.0 - 1.0).latent_dist
+        return posterior.mean * self.parts.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def _predict_noise(self, noisy: torch.Tensor, steps: torch.Tensor,
+                       text: torch.Tensor) -> torch.Tensor:
+        """noisy: [B, 4, h, w] latents at integer steps [B]; text: [B, L, D].
+        Returns the classifier-free-guided noise estimate eps_cfg, [B, 4, h, w] float32."""
+        unet = self.parts.unet
+        model_in = torch.cat([noisy, noisy]).to(unet.dtype)
+        embeddings = torch.cat([self.uncond.expand_as(text), text])
+        out = unet(model_in, torch.cat([steps, steps]), encoder_hidden_states=embeddings).sample
+        out_u, out_c = out.float().chunk(2)
+        pred = out_u + self.scale * (out_c - out_u)
+        if self.parts.prediction_type == "v_prediction":  # SD 2.x 768 models predict v
+            ab = self.parts.alphas_cumprod[steps].view(-1, 1, 1, 1)
+            pred = ab.sqrt() * pred + (1.0 - ab).sqrt() * noisy
+        return pred
+
+    def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
+             generator: torch.Generator) -> GuidanceOutput:
+        """images: [B, 3, H, W] renders in [0, 1]. Returns d(SDS loss)/d(images), [B, 3, H, W].
+
+        The SDS gradient does not flow through the UNet: g = w(t) (eps_cfg - eps) is taken
+        as d(loss)/d(latents) and pulled back through the VAE encoder and the resize."""
+        # A detached leaf: the caller's render graph is never traversed or freed here.
+        images_in = images.detach().requires_grad_(True)
+        with torch.enable_grad():
+            latents = self._encode_images(images_in)  # [B, 4, h, w]
+        batch, steps_total = images.shape[0], self.parts.alphas_cumprod.shape[0]
+        t = self.schedule.sample(batch, progress, generator)  # [B] in [0, 1]
+        steps = (t * (steps_total - 1)).round().long().to(self.device)
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device)
+        noise = noise.to(self.device)
+        ab = self.parts.alphas_cumprod[steps].view(-1, 1, 1, 1)
+        noisy = ab.sqrt() * latents.detach() + (1.0 - ab).sqrt() * noise
+        eps_cfg = self._predict_noise(noisy, steps, self._conditioning(cameras))
+        g = (1.0 - ab) * (eps_cfg - noise)  # non-finite values are left for the loop to catch
+        (image_grad,) = torch.autograd.grad(latents, images_in, grad_outputs=g)
+        return GuidanceOutput(grad=image_grad.detach().to(images.dtype),
+                              loss=float(g.pow(2).mean()),
+                              t=steps.float().cpu() / (steps_total - 1))

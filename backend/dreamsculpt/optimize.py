@@ -1,0 +1,195 @@
+"""The optimisation loop, top to bottom:
+
+    sample cameras -> render -> guidance gradient -> regularisers -> optimiser step
+
+Seeded and deterministic on CPU; reports progress, previews, checkpoints; resumes; stops
+between steps when cancelled and on the first NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .cameras import Cameras
+from .config import CameraConfig, RunConfig
+from .errors import CancelledError, DreamsculptError, NonFiniteError
+from .fields import OccupancyGrid, TriplaneField
+from .guidance.base import Guidance
+from .rendering import SHADING_MODES, Background, render
+
+
+@dataclass
+class Progress:
+    step: int           # steps done
+    total: int
+    loss: float         # guidance residual, smoothed
+    elapsed_s: float
+    eta_s: float
+    stage: str = "optimising"
+
+
+@dataclass
+class Callbacks:
+    """Hooks the CLI and the job server plug in. Each is optional."""
+
+    on_progress: Callable[[Progress], None] | None = None
+    on_preview: Callable[[int, torch.Tensor], None] | None = None  # (step, [3, S, S] image in [0, 1])
+    should_cancel: Callable[[], bool] | None = None
+
+
+def sample_cameras(config: CameraConfig, batch: int, generator: torch.Generator) -> Cameras:
+    """Uniform azimuth, elevation, distance and FOV inside the configured ranges."""
+    def uniform(lo_hi):
+        lo, hi = lo_hi
+        return lo + (hi - lo) * torch.rand(batch, generator=generator)
+    # Uniform in sin(elevation) would favour the equator less; uniform angle keeps the
+    # overhead and below-the-object views that the silhouettes need.
+    return Cameras.from_orbit(uniform(config.azimuth_deg), uniform(config.elevation_deg),
+                              uniform(config.distance), uniform(config.fov_deg))
+
+
+def light_near(cameras: Cameras, generator: torch.Generator) -> torch.Tensor:
+    """A random unit light direction [3] within ~45 degrees of the first camera (DreamFusion)."""
+    towards_camera = torch.nn.functional.normalize(cameras.position[0], dim=0)
+    return torch.nn.functional.normalize(towards_camera + 0.7 * torch.randn(3, generator=generator), dim=0)
+
+
+class Trainer:
+    """Owns the field, occupancy grid, background and optimiser of one run."""
+
+    def __init__(self, config: RunConfig, guidance: Guidance, callbacks: Callbacks | None = None,
+                 checkpoint_path: Path | None = None):
+        self.config, self.guidance = config, guidance
+        self.callbacks = callbacks or Callbacks()
+        self.checkpoint_path = checkpoint_path
+        torch.manual_seed(config.train.seed)  # module initialisation
+        self.field = TriplaneField(config.field)
+        self.background = Background(guidance.background)
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+        r = config.render
+        step = 2.0 * math.sqrt(3.0) * config.field.bound / r.samples_per_ray
+        self.occupancy = OccupancyGrid(r.occupancy_resolution, config.field.bound, r.occupancy_threshold, step)
+        t = config.train
+        groups = [{"params": [self.field.planes], "lr": t.lr},
+                  {"params": self.field.mlp.parameters(), "lr": t.mlp_lr}]
+        if self.background.mode == "learned":
+            groups.append({"params": self.background.parameters(), "lr": t.mlp_lr})
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+        self.step_index = 0
+        self.loss_ema = 0.0
+        self.timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0, "steps": 0}
+
+    def shading_mode(self) -> str:
+        s = self.config.shading
+        if self.step_index < s.warmup_fraction * self.config.train.steps:
+            return "albedo"
+        p = torch.tensor([s.p_albedo, s.p_lambertian, s.p_textureless])
+        return SHADING_MODES[int(torch.multinomial(p / p.sum(), 1, generator=self.generator))]
+
+    def train_step(self) -> float:
+        """One optimisation step; returns the guidance loss."""
+        c, t = self.config, self.config.train
+        if self.step_index % c.render.occupancy_update_every == 0:
+            self.occupancy.update(self.field, self.generator)
+        tick = time.perf_counter()
+        cameras = sample_cameras(c.camera, t.batch_size, self.generator)
+        mode = self.shading_mode()
+        out = render(self.field, cameras, c.render.resolution, c.render.samples_per_ray, self.occupancy,
+                     self.background, mode, light_near(cameras, self.generator), c.shading.ambient,
+                     self.generator, want_normals=t.lambda_orient > 0 and mode != "albedo")
+        tock = time.perf_counter()
+        progress = self.step_index / max(t.steps, 1)
+        guided = self.guidance.grad(out.rgb, cameras, progress, self.generator)
+        tuck = time.perf_counter()
+        if not torch.isfinite(guided.grad).all():
+            raise NonFiniteError(f"The guidance gradient became NaN/Inf at step {self.step_index}. "
+                                 "Try a lower --guidance-scale or learning rate, or another --seed.")
+        # Per-pixel mean (not the usual sum) so regulariser weights do not depend on resolution.
+        loss = t.guidance_weight * (out.rgb * guided.grad).sum() / out.opacity.numel()
+        opacity = out.opacity.clamp(1e-5, 1 - 1e-5)
+        entropy = -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log()).mean()
+        loss = loss + t.lambda_entropy * entropy + t.lambda_orient * out.orientation
+        if t.lambda_tv:
+            loss = loss + t.lambda_tv * self.field.total_variation()
+        if t.lambda_sparsity:
+            loss = loss + t.lambda_sparsity * out.opacity.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not all(torch.isfinite(p.grad).all() for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None):
+            raise NonFiniteError(f"Parameter gradients became NaN/Inf at step {self.step_index}. "
+                                 "Try a lower learning rate or another --seed.")
+        self.optimizer.step()
+        done = time.perf_counter()
+        for key, dt in (("render", tock - tick), ("guidance", tuck - tock), ("backward", done - tuck)):
+            self.timings[key] += dt
+        self.timings["steps"] += 1
+        self.step_index += 1
+        return guided.loss
+
+    def run(self) -> TriplaneField:
+        """Optimise until `config.train.steps`; resumes from `self.step_index`."""
+        total = self.config.train.steps
+        start, first = time.perf_counter(), self.step_index
+        every = self.config.train
+        while self.step_index < total:
+            if self.callbacks.should_cancel and self.callbacks.should_cancel():
+                self.save_checkpoint()
+                raise CancelledError(f"Cancelled at step {self.step_index} of {total}; "
+                                     "run again with --resume to continue.")
+            loss = self.train_step()
+            self.loss_ema = loss if self.step_index == first + 1 else 0.9 * self.loss_ema + 0.1 * loss
+            elapsed = time.perf_counter() - start
+            eta = elapsed / (self.step_index - first) * (total - self.step_index)
+            if self.callbacks.on_progress:
+                self.callbacks.on_progress(Progress(self.step_index, total, self.loss_ema, elapsed, eta))
+            if self.callbacks.on_preview and (self.step_index % every.preview_every == 0 or self.step_index == total):
+                self.callbacks.on_preview(self.step_index, self.preview_image())
+            if every.checkpoint_every and self.step_index % every.checkpoint_every == 0 and self.step_index < total:
+                self.save_checkpoint()
+        return self.field
+
+    @torch.no_grad()
+    def preview_image(self, azimuth: float | None = None) -> torch.Tensor:
+        """[3, S, S] render of the current field from a camera that turns as the run goes."""
+        az = -90.0 + 360.0 * self.step_index / max(self.config.train.steps, 1) if azimuth is None else azimuth
+        cam = Cameras.from_orbit(az, 20.0, sum(self.config.camera.distance) / 2, sum(self.config.camera.fov_deg) / 2)
+        bg = Background("white") if self.background.mode == "random" else self.background
+        return render(self.field, cam, self.config.render.resolution, self.config.render.samples_per_ray,
+                      self.occupancy, bg).rgb[0].clamp(0, 1)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_index, "field": self.field.state_dict(),
+                "background": self.background.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "occupancy": self.occupancy.state_dict(), "generator": self.generator.get_state(),
+                "config": self.config.to_dict()}
+
+    def save_checkpoint(self) -> None:
+        """Atomically write the checkpoint (a crash mid-write leaves the previous one intact)."""
+        if self.checkpoint_path is None:
+            return
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+            raise DreamsculptError(f"Cannot read checkpoint {path}: {exc}. Start without --resume.") from exc
+        saved = RunConfig.from_dict(state["config"])
+        if saved.field != self.config.field or saved.render.occupancy_resolution != self.config.render.occupancy_resolution:
+            raise DreamsculptError(f"Checkpoint {path} was made with different field settings; "
+                                   "resume with the same --preset and options, or start without --resume.")
+        self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.occupancy.load_state_dict(state["occupancy"])
+        self.generator.set_state(state["generator"])
+        self.step_index = state["step"]
