@@ -1,0 +1,38 @@
+"""Pictures of a field: a grid of views and a turntable GIF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cameras import Cameras
+from .optimize import Trainer
+from .rendering import Background, render
+
+
+@torch.no_grad()
+def render_views(trainer: Trainer, azimuths, elevation: float = 20.0, size: int | None = None) -> np.ndarray:
+    """[K, S, S, 3] uint8 renders of the final field (albedo, white or learned backdrop)."""
+    c = trainer.config
+    size = size or max(2 * c.render.resolution, 128)
+    cams = Cameras.from_orbit(torch.as_tensor(azimuths, dtype=torch.float32), elevation,
+                              sum(c.camera.distance) / 2, sum(c.camera.fov_deg) / 2)
+    bg = Background("white") if trainer.background.mode == "random" else trainer.background
+    frames = [render(trainer.field, cams[i], size, c.render.samples_per_ray * 2, trainer.occupancy, bg).rgb[0]
+              for i in range(len(cams))]
+    return (torch.stack(frames).permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+
+
+def save_preview(trainer: Trainer, path: Path) -> None:
+    """Front, right, back and left views (Blender's front is the camera on -Y) side by side."""
+    views = render_views(trainer, [-90.0, 0.0, 90.0, 180.0])
+    Image.fromarray(np.concatenate(list(views), axis=1)).save(path)
+
+
+def save_turntable(trainer: Trainer, path: Path, frames: int = 24) -> None:
+    views = render_views(trainer, np.linspace(-90.0, 270.0, frames, endpoint=False).tolist())
+    images = [Image.fromarray(v) for v in views]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0)
