@@ -74,14 +74,14 @@ def orbit_c2w(azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor, distance: 
     centre = torch.stack([torch.cos(el) * torch.cos(az), torch.cos(el) * torch.sin(az), torch.sin(el)], -1)
     centre = centre * distance[:, None]
     back = torch.nn.functional.normalize(centre, dim=-1)  # camera +Z points away from the target
-    world_up = torch.tensor([0.0, 0.0, 1.0]).expand_as(back)
+    world_up = torch.tensor([0.0, 0.0, 1.0], device=back.device).expand_as(back)
     right = torch.linalg.cross(world_up, back, dim=-1)
     # Straight above or below, "up" is ambiguous: use world +Y there so right is well defined.
     degenerate = right.norm(dim=-1, keepdim=True) < 1e-6
     right = torch.where(degenerate, torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0]).expand_as(back), back, dim=-1), right)
     right = torch.nn.functional.normalize(right, dim=-1)
     up = torch.linalg.cross(back, right, dim=-1)
-    c2w = torch.zeros(az.shape[0], 4, 4)
+    c2w = torch.zeros(az.shape[0], 4, 4, device=back.device)
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, up, back, centre
     c2w[:, 3, 3] = 1.0
     return c2w
@@ -102,10 +102,11 @@ def generate_rays(cameras: Cameras, size: int, jitter: torch.Generator | None = 
     rows, cols = torch.meshgrid(ij, ij, indexing="ij")
     offset = 0.5
     if jitter is not None:
-        offset = torch.rand((len(cameras), size, size), generator=jitter, device=device)
+        offset = torch.rand((len(cameras), size, size), generator=jitter).to(device)
     focal = focal_pixels(cameras.fov_deg, size)[:, None, None]
     x = (cols + offset - 0.5 * size) / focal
-    y = -(rows + (offset if jitter is None else torch.rand_like(x)) - 0.5 * size) / focal
+    y_offset = offset if jitter is None else torch.rand((len(cameras), size, size), generator=jitter).to(device)
+    y = -(rows + y_offset - 0.5 * size) / focal
     dirs_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # [B, H, W, 3]
     dirs = torch.einsum("bij,bhwj->bhwi", cameras.c2w[:, :3, :3], dirs_cam)
     dirs = torch.nn.functional.normalize(dirs, dim=-1)

@@ -36,7 +36,11 @@ class CameraConfig:
     azimuth_deg: tuple[float, float] = (-180.0, 180.0)
     distance: tuple[float, float] = (2.6, 3.2)
     fov_deg: tuple[float, float] = (38.0, 45.0)
-    jitter: bool = True             # jitter the look-at point and ray origins in pixels
+    # Posed reference sets: most cameras sit at a reference's viewpoint (plus jitter), where
+    # the prior knows the answer exactly; the rest roam the ranges above.
+    anchors: tuple[tuple[float, float], ...] = ()   # (azimuth_deg, elevation_deg) pairs
+    anchor_probability: float = 0.8
+    anchor_jitter_deg: float = 3.0
 
 
 @dataclass
@@ -86,7 +90,7 @@ class MeshConfig:
     resolution: int = 256
     threshold: float | None = None   # None: automatic (see mesh.auto_threshold)
     min_component_fraction: float = 0.05   # drop pieces smaller than this share of faces
-    max_faces: int | None = None     # decimate to this face budget
+    max_faces: int | None = 200_000  # decimate to this face budget (None: keep all)
     export_obj: bool = False
 
 
@@ -118,7 +122,7 @@ def _build(cls, data: dict):
         if is_dataclass(default):
             value = _build(type(default), value)
         elif isinstance(value, list):
-            value = tuple(value)
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[f.name] = value
     return cls(**kwargs)
 

@@ -108,9 +108,10 @@ class OccupancyGrid:
         share of the empty ones, so a full-field pass is not paid every update."""
         r = self.resolution
         finite = torch.isfinite(self.density)
-        probe = ~finite | self.occupied | (torch.rand(self.occupied.shape, generator=generator) < explore)
+        device = self.occupied.device
+        probe = ~finite | self.occupied | (torch.rand(self.occupied.shape, generator=generator).to(device) < explore)
         cells = probe.nonzero().float()
-        points = ((cells + torch.rand(cells.shape, generator=generator)) / r * 2.0 - 1.0) * self.bound
+        points = ((cells + torch.rand(cells.shape, generator=generator).to(device)) / r * 2.0 - 1.0) * self.bound
         measured = torch.cat([field.density(p) for p in points.split(1 << 17)])
         density = self.density.clone()
         old = density[probe]
@@ -135,4 +136,5 @@ class OccupancyGrid:
         return {"density": self.density, "occupied": self.occupied}
 
     def load_state_dict(self, state: dict) -> None:
-        self.density, self.occupied = state["density"], state["occupied"]
+        device = self.occupied.device
+        self.density, self.occupied = state["density"].to(device), state["occupied"].to(device)

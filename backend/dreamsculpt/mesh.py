@@ -51,12 +51,13 @@ def _silhouette_views() -> Cameras:
 def auto_threshold(field: TriplaneField, occupancy: OccupancyGrid | None = None, size: int = 64,
                    samples: int = 192) -> float:
     """The density level whose silhouettes best match the rendered opacity (module docstring)."""
-    cams = _silhouette_views()
+    device = field.planes.device
+    cams = _silhouette_views().to(device)
     opaque = render(field, cams, size, 128, occupancy).opacity.reshape(-1) > 0.5
     rays = generate_rays(cams, size)
     near, far = ray_box_intersect(rays, field.config.bound)
     far = torch.maximum(far, near)
-    steps = (torch.arange(samples) + 0.5) / samples
+    steps = (torch.arange(samples, device=device) + 0.5) / samples
     t = near[..., None] + (far - near)[..., None] * steps
     points = rays.origins[..., None, :] + t[..., None] * rays.directions[..., None, :]
     density = torch.cat([field.density(p) for p in points.reshape(-1, 3).split(1 << 18)])
@@ -64,7 +65,7 @@ def auto_threshold(field: TriplaneField, occupancy: OccupancyGrid | None = None,
     if not opaque.any():
         raise DreamsculptError("The optimised field is empty: nothing renders opaque. Try more --steps, "
                                "another --seed, or check that the prompt matches the prior.")
-    candidates = torch.quantile(ray_max[opaque], torch.linspace(0.0, 0.98, 50))
+    candidates = torch.quantile(ray_max[opaque], torch.linspace(0.0, 0.98, 50, device=device))
     inside = ray_max[None] > candidates[:, None]                       # [L, pixels]
     inter = (inside & opaque[None]).reshape(len(candidates), len(cams), -1).sum(-1).float()
     union = (inside | opaque[None]).reshape(len(candidates), len(cams), -1).sum(-1).float()
@@ -77,7 +78,7 @@ def extract_mesh(field: TriplaneField, config: MeshConfig, occupancy: OccupancyG
     """Marching cubes of the density at `config.resolution`^3. Returns (mesh, threshold used)."""
     threshold = config.threshold if config.threshold is not None else auto_threshold(field, occupancy)
     bound, res = field.config.bound, config.resolution
-    grid = clean_solid(field.density_grid(res).numpy(), threshold, config.min_component_fraction)
+    grid = clean_solid(field.density_grid(res).cpu().numpy(), threshold, config.min_component_fraction)
     # A zero border closes surfaces that touch the box, so the mesh is watertight.
     verts, faces = mcubes.marching_cubes(np.pad(grid, 1, constant_values=0.0), threshold)
     if len(faces) == 0:
@@ -91,7 +92,7 @@ def extract_mesh(field: TriplaneField, config: MeshConfig, occupancy: OccupancyG
         raise DreamsculptError("The extracted mesh is degenerate (fewer than 4 faces). "
                                "Try a lower --threshold, more --steps or another --seed.")
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
-    colours = field.albedo_at(torch.from_numpy(vertices)).numpy().astype(np.float32)
+    colours = field.albedo_at(torch.from_numpy(vertices).to(field.planes.device)).cpu().numpy().astype(np.float32)
     return Mesh(vertices, np.asarray(mesh.faces, dtype=np.int64), colours), threshold
 
 

@@ -45,20 +45,29 @@ class Callbacks:
 
 
 def sample_cameras(config: CameraConfig, batch: int, generator: torch.Generator) -> Cameras:
-    """Uniform azimuth, elevation, distance and FOV inside the configured ranges."""
+    """Uniform azimuth, elevation, distance and FOV inside the configured ranges; with anchors,
+    most cameras instead sit at a jittered anchor viewpoint."""
     def uniform(lo_hi):
         lo, hi = lo_hi
         return lo + (hi - lo) * torch.rand(batch, generator=generator)
-    # Uniform in sin(elevation) would favour the equator less; uniform angle keeps the
-    # overhead and below-the-object views that the silhouettes need.
-    return Cameras.from_orbit(uniform(config.azimuth_deg), uniform(config.elevation_deg),
-                              uniform(config.distance), uniform(config.fov_deg))
+    # Uniform in angle (not in sin(elevation)) keeps the overhead and below-the-object views
+    # that the silhouettes need.
+    azimuth, elevation = uniform(config.azimuth_deg), uniform(config.elevation_deg)
+    if config.anchors:
+        anchors = torch.tensor(config.anchors, dtype=torch.float32)
+        pick = anchors[torch.randint(len(anchors), (batch,), generator=generator)]
+        jitter = (torch.rand((batch, 2), generator=generator) * 2 - 1) * config.anchor_jitter_deg
+        use = torch.rand(batch, generator=generator) < config.anchor_probability
+        azimuth = torch.where(use, pick[:, 0] + jitter[:, 0], azimuth)
+        elevation = torch.where(use, (pick[:, 1] + jitter[:, 1]).clamp(-89.0, 89.0), elevation)
+    return Cameras.from_orbit(azimuth, elevation, uniform(config.distance), uniform(config.fov_deg))
 
 
 def light_near(cameras: Cameras, generator: torch.Generator) -> torch.Tensor:
     """A random unit light direction [3] within ~45 degrees of the first camera (DreamFusion)."""
     towards_camera = torch.nn.functional.normalize(cameras.position[0], dim=0)
-    return torch.nn.functional.normalize(towards_camera + 0.7 * torch.randn(3, generator=generator), dim=0)
+    wobble = 0.7 * torch.randn(3, generator=generator).to(towards_camera.device)
+    return torch.nn.functional.normalize(towards_camera + wobble, dim=0)
 
 
 class Trainer:
@@ -69,13 +78,16 @@ class Trainer:
         self.config, self.guidance = config, guidance
         self.callbacks = callbacks or Callbacks()
         self.checkpoint_path = checkpoint_path
+        # The field lives where the prior runs (the reference prior is on the CPU).
+        self.device = torch.device(getattr(guidance, "device", "cpu"))
         torch.manual_seed(config.train.seed)  # module initialisation
-        self.field = TriplaneField(config.field)
-        self.background = Background(guidance.background)
+        self.field = TriplaneField(config.field).to(self.device)
+        self.background = Background(guidance.background).to(self.device)
         self.generator = torch.Generator().manual_seed(config.train.seed)
         r = config.render
         step = 2.0 * math.sqrt(3.0) * config.field.bound / r.samples_per_ray
-        self.occupancy = OccupancyGrid(r.occupancy_resolution, config.field.bound, r.occupancy_threshold, step)
+        self.occupancy = OccupancyGrid(r.occupancy_resolution, config.field.bound, r.occupancy_threshold, step,
+                                       self.device)
         t = config.train
         groups = [{"params": [self.field.planes], "lr": t.lr},
                   {"params": self.field.mlp.parameters(), "lr": t.mlp_lr}]
@@ -99,7 +111,7 @@ class Trainer:
         if self.step_index % c.render.occupancy_update_every == 0:
             self.occupancy.update(self.field, self.generator)
         tick = time.perf_counter()
-        cameras = sample_cameras(c.camera, t.batch_size, self.generator)
+        cameras = sample_cameras(c.camera, t.batch_size, self.generator).to(self.device)
         mode = self.shading_mode()
         out = render(self.field, cameras, c.render.resolution, c.render.samples_per_ray, self.occupancy,
                      self.background, mode, light_near(cameras, self.generator), c.shading.ambient,
@@ -159,10 +171,11 @@ class Trainer:
     def preview_image(self, azimuth: float | None = None) -> torch.Tensor:
         """[3, S, S] render of the current field from a camera that turns as the run goes."""
         az = -90.0 + 360.0 * self.step_index / max(self.config.train.steps, 1) if azimuth is None else azimuth
-        cam = Cameras.from_orbit(az, 20.0, sum(self.config.camera.distance) / 2, sum(self.config.camera.fov_deg) / 2)
+        cam = Cameras.from_orbit(az, 20.0, sum(self.config.camera.distance) / 2,
+                                 sum(self.config.camera.fov_deg) / 2).to(self.device)
         bg = Background("white") if self.background.mode == "random" else self.background
         return render(self.field, cam, self.config.render.resolution, self.config.render.samples_per_ray,
-                      self.occupancy, bg).rgb[0].clamp(0, 1)
+                      self.occupancy, bg).rgb[0].clamp(0, 1).cpu()
 
     def state_dict(self) -> dict:
         return {"step": self.step_index, "field": self.field.state_dict(),
@@ -180,7 +193,7 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
             raise DreamsculptError(f"Cannot read checkpoint {path}: {exc}. Start without --resume.") from exc
         saved = RunConfig.from_dict(state["config"])

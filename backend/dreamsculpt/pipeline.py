@@ -44,6 +44,8 @@ def fit_cameras(config: RunConfig, images: ImageSet) -> None:
     cam.elevation_deg = (float(images.elevation_deg.min()), float(images.elevation_deg.max()))
     cam.distance = (float(images.distance.min()), float(images.distance.max()))
     cam.fov_deg = (float(images.fov_deg.min()), float(images.fov_deg.max()))
+    views = sorted({(round(float(a), 3), round(float(e), 3)) for a, e in zip(images.azimuth_deg, images.elevation_deg)})
+    cam.anchors = tuple(views)
 
 
 def build_guidance(config: RunConfig) -> tuple[Guidance, str]:

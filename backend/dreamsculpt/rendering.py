@@ -99,7 +99,7 @@ def render(field: TriplaneField, cameras: Cameras, size: int, samples_per_ray: i
     hit = far > near
     far = torch.where(hit, far, near)
     steps = torch.arange(samples_per_ray, dtype=torch.float32, device=origins.device)
-    offset = 0.5 if generator is None else torch.rand((origins.shape[0], samples_per_ray), generator=generator)
+    offset = 0.5 if generator is None else torch.rand((origins.shape[0], samples_per_ray), generator=generator).to(origins.device)
     span = (far - near) / samples_per_ray
     t = near + (steps + offset) * span                        # [R, N]
     points = origins[:, None] + t[..., None] * dirs[:, None]  # [R, N, 3]
@@ -120,7 +120,7 @@ def render(field: TriplaneField, cameras: Cameras, size: int, samples_per_ray: i
     colour_k = shade(albedo_k, normals_k, light_dir, shading, ambient)
 
     values = [colour_k] if normals_k is None else [colour_k, normals_k]
-    values_dense = torch.zeros(*t.shape, sum(v.shape[-1] for v in values)).index_put((keep,), torch.cat(values, -1))
+    values_dense = torch.zeros(*t.shape, sum(v.shape[-1] for v in values), device=t.device).index_put((keep,), torch.cat(values, -1))
     values_dense = torch.cat([values_dense, t[..., None]], -1)
     weights, out = composite(density, span.expand_as(t), values_dense)
     opacity = weights.sum(-1, keepdim=True)
@@ -136,7 +136,7 @@ def render(field: TriplaneField, cameras: Cameras, size: int, samples_per_ray: i
         orientation = (weights.detach() * facing.square()).sum(-1).mean()
     else:
         normal = torch.zeros_like(out[:, :3])
-        orientation = torch.zeros(())
+        orientation = torch.zeros((), device=rgb.device)
     depth = out[:, -1:] + (1.0 - opacity) * far  # rays that see nothing report the far plane
     return RenderOutput(to_image(rgb), to_image(opacity), to_image(depth), to_image(normal),
                         orientation, int(inner.shape[0]))
