@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_SD_MODEL, PRESETS, RunConfig, apply_preset
+from .config import DEFAULT_SD_MODEL, PRESETS, PRIORS, RunConfig, apply_preset
 from .errors import CancelledError, DreamsculptError
-from .pipeline import PRIORS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,10 +85,13 @@ def run_generate(args: argparse.Namespace) -> int:
         stop["requested"] = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    signal.signal(signal.SIGINT, on_sigint)
-    bar = tqdm(total=config.train.steps, unit="step", disable=args.quiet, dynamic_ncols=True)
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    bar = None  # opened at the first report, so a user error is the only line on stderr
 
     def on_progress(p):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total, initial=p.step, unit="step", disable=args.quiet, dynamic_ncols=True)
         bar.n = p.step
         bar.set_postfix_str(f"{p.stage} loss {p.loss:.4f}", refresh=False)
         bar.refresh()
@@ -97,7 +99,9 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         result = generate(config, out_dir, Callbacks(on_progress, None, lambda: stop["requested"]), args.resume)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        signal.signal(signal.SIGINT, previous_handler)
     print(f"wrote {result.out_dir}/mesh.ply ({result.vertices} vertices, {result.faces} faces) "
           f"in {result.seconds:.0f} s")
     return 0

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from dataclasses import field as _field
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
+PRIORS = ("sd", "builtin", "references")
 
 
 @dataclass

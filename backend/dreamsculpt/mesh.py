@@ -111,7 +111,8 @@ def clean_solid(grid: np.ndarray, threshold: float, min_fraction: float) -> np.n
     keep = np.zeros(count + 1, dtype=bool)
     keep[1:] = sizes >= min_fraction * sizes.max()
     solid = keep[labels]
-    filled = np.where(solid, np.maximum(grid, 2.0 * threshold), grid)
+    # Only the filled cavities are raised; the kept surface stays where the field put it.
+    filled = np.where(solid & (grid <= threshold), 2.0 * threshold, grid)
     # Outside the kept solid, density is clamped just below the level: floaters vanish
     # while the surface of the kept pieces keeps its interpolated position.
     near_kept = ndimage.binary_dilation(solid, iterations=2)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import RunConfig
+from .config import PRIORS, RunConfig
 from .errors import DreamsculptError
 from .guidance.base import Guidance
 from .guidance.image_sets import ImageSet
@@ -22,7 +22,6 @@ from .mesh import export_mesh, extract_mesh
 from .optimize import Callbacks, Progress, Trainer
 from .preview import save_preview, save_turntable
 
-PRIORS = ("sd", "builtin", "references")
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -55,9 +54,10 @@ def build_guidance(config: RunConfig) -> tuple[Guidance, str]:
         raise DreamsculptError('The prompt is empty: say what to make, e.g. dreamsculpt generate "a red cube" --prior builtin.')
     if g.prior == "builtin":
         from .guidance.reference import ReferencePrior
-        from .guidance.shapes import builtin_library, match_prompt
+        from .guidance.shapes import COLOURS, SHAPES, builtin_library, match_prompt
+        # Match first: a prompt naming no shape fails before any rendering.
+        labels = set(match_prompt(g.prompt, [f"{c} {s}" for s in SHAPES for c in COLOURS]))
         library = builtin_library(config.render.resolution)
-        labels = set(match_prompt(g.prompt, sorted(set(library.labels))))
         condition = torch.tensor([label in labels for label in library.labels])
         fit_cameras(config, library)
         return ReferencePrior(library, condition, g), f"builtin: {', '.join(sorted(labels))}"

@@ -17,11 +17,11 @@ from .rendering import Background, render
 def render_views(trainer: Trainer, azimuths, elevation: float = 20.0, size: int | None = None) -> np.ndarray:
     """[K, S, S, 3] uint8 renders of the final field (albedo, white or learned backdrop)."""
     c = trainer.config
-    size = size or max(2 * c.render.resolution, 128)
+    size = size or max(2 * c.render.resolution, 96)
     cams = Cameras.from_orbit(torch.as_tensor(azimuths, dtype=torch.float32), elevation,
                               sum(c.camera.distance) / 2, sum(c.camera.fov_deg) / 2).to(trainer.device)
     bg = Background("white") if trainer.background.mode == "random" else trainer.background
-    frames = [render(trainer.field, cams[i], size, c.render.samples_per_ray * 2, trainer.occupancy, bg).rgb[0]
+    frames = [render(trainer.field, cams[i], size, c.render.samples_per_ray, trainer.occupancy, bg).rgb[0]
               for i in range(len(cams))]
     return (torch.stack(frames).permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
 

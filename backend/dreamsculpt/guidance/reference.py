@@ -27,9 +27,6 @@ from .base import GuidanceOutput, TimestepSchedule, scaled_linear_alphas_cumprod
 from .image_sets import ImageSet
 
 DEFAULT_SCALE = 1.5
-#: Without an explicit `t_anneal_to`, the top of the noise range falls to this by the end:
-#: at high noise the closed-form x0 is a blend of views, which blurs; late steps refine.
-DEFAULT_ANNEAL_TO = 0.4
 
 
 class ReferencePrior:
@@ -48,8 +45,7 @@ class ReferencePrior:
         self.condition = condition
         self.scale = DEFAULT_SCALE if config.guidance_scale is None else config.guidance_scale
         self.view_sigma = math.radians(config.view_sigma_deg)
-        anneal = DEFAULT_ANNEAL_TO if config.t_anneal_to is None else config.t_anneal_to
-        self.schedule = TimestepSchedule(config.t_min, config.t_max, anneal)
+        self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
 
     @property

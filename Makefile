@@ -1,0 +1,27 @@
+# Dreamsculpt: `make demo` and `make test` on a fresh machine (Python 3.11 and make needed).
+
+PYTHON ?= python3.11
+VENV := .venv
+# Written after a successful install; reinstalls only when pyproject.toml changes.
+STAMP := $(VENV)/.dreamsculpt-installed
+
+.PHONY: venv demo test bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e ".[test]"
+	touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/dreamsculpt generate "a red cube" --prior builtin --out out/red-cube
+
+test: venv
+	$(VENV)/bin/python -m pytest -q
+
+# Prints the markdown tables of bench/README.md (about 20 minutes on 2 cores; run it on a quiet machine).
+bench: venv
+	$(VENV)/bin/python bench/bench_encodings.py
+	$(VENV)/bin/python bench/bench_step.py
+	$(VENV)/bin/python bench/bench_shapes.py

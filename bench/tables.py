@@ -1,0 +1,82 @@
+"""Markdown tables and timing helpers shared by the bench scripts (not part of the package)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import torch
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured markdown table; floats are expected to be formatted by the caller."""
+    text = [[str(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in text) for i in range(len(header))]
+    line = lambda row: "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join([line(text[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(row) for row in text[1:]])
+
+
+def machine() -> str:
+    """One line saying what the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
+
+
+
+class OtherCpuUse:
+    """How many cores other processes kept busy while a benchmark ran (Linux /proc/stat).
+
+    On 2 cores a second busy torch process slows a 2-thread benchmark down several times
+    (its threads wait on each other), so every table says how quiet the machine was.
+    """
+
+    def __init__(self) -> None:
+        self.begin = self.end = None
+
+    def start(self) -> "OtherCpuUse":
+        self.begin = self._sample()
+        return self
+
+    def stop(self) -> None:
+        self.end = self._sample()
+
+    def __enter__(self) -> "OtherCpuUse":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # minus idle and iowait
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter()
+
+    @property
+    def cores(self) -> float | None:
+        if self.begin is None or self.end is None:
+            return None
+        (b0, o0, t0), (b1, o1, t1) = self.begin, self.end
+        return max(0.0, (b1 - b0) - (o1 - o0)) / max(t1 - t0, 1e-9)
+
+    def note(self) -> str:
+        cores = self.cores
+        if cores is None:
+            return "CPU use of other processes: unknown (no /proc/stat)"
+        text = f"other processes kept {cores:.2f} cores busy on average while this ran"
+        if cores > 0.25:
+            text += (" -- WARNING: the machine was not quiet; these timings are inflated and not "
+                     "comparable with a quiet run")
+        return text

@@ -1,0 +1,41 @@
+"""Shared test set-up: nothing downloads, nothing is read from or written to ~/.cache.
+
+Session-wide (also inherited by the CLI subprocesses the tests start):
+
+* DREAMSCULPT_CACHE_DIR points at a fresh folder, so the built-in shape library is rendered
+  once per session and a stale user cache can neither help nor break a test.
+* HF_HUB_OFFLINE=1: huggingface_hub refuses every request.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dreamsculpt_cache(tmp_path_factory):
+    """The session's cache folder (DREAMSCULPT_CACHE_DIR)."""
+    folder = tmp_path_factory.mktemp("dreamsculpt-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DREAMSCULPT_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hf_offline():
+    """huggingface_hub reads HF_HUB_OFFLINE at import, so the constant is patched as well."""
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory) -> str:
+    """A tiny random Stable Diffusion pipeline saved as a diffusers folder (see tiny_sd.py)."""
+    from tiny_sd import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")
+

@@ -1,0 +1,100 @@
+"""Whole runs through the CLI at a CI-sized setting, judged as a user would judge them: the mesh
+has the asked-for shape (voxel IoU against the analytic solid) and colour, and every output
+file is there and readable.
+
+Marked slow (one to two minutes each on 2 CPU cores, most of it meshing and the preview
+renders) but run by default; `-m "not slow"` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from dreamsculpt import cli
+from dreamsculpt.guidance.shapes import shape_occupancy, write_reference_folder
+from dreamsculpt.metrics import voxel_iou
+
+pytestmark = pytest.mark.slow
+
+#: Optimisation steps of each run: the preview preset (32 px renders, 128^3 marching cubes)
+#: cut short so CI stays within minutes. The thresholds below are the acceptance bar. A
+#: perfect red shape does not reach R = 0.85: the library bakes its lighting into the images,
+#: so the learned albedo is darker on the unlit side (about R = 0.56 averaged over a sphere).
+STEPS = 60
+MIN_IOU = 0.6
+RUN_JSON_KEYS = ("prompt", "prior", "model", "seed", "steps", "seconds", "device", "vertices", "faces")
+
+
+@pytest.fixture(autouse=True)
+def keep_sigint_handler():
+    """run_generate installs its own Ctrl-C handler; give pytest its own back."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+def generate(out: Path, prompt: str, *options: str) -> dict:
+    """Run `dreamsculpt generate` in-process; returns run.json after checking every output."""
+    code = cli.main(["generate", prompt, *options, "--preset", "preview", "--steps", str(STEPS),
+                     "--out", str(out), "--quiet"])
+    assert code == 0
+    for name in ("mesh.ply", "mesh.glb", "preview.png", "turntable.gif", "run.json", "checkpoint.pt"):
+        assert (out / name).is_file(), f"{name} missing"
+    with Image.open(out / "preview.png") as preview:
+        width, height = preview.size
+        assert width >= 4 * height, "preview.png shows at least 4 views side by side"
+    with Image.open(out / "turntable.gif") as gif:
+        assert gif.n_frames >= 8 and gif.size[0] == gif.size[1]
+    run = json.loads((out / "run.json").read_text())
+    for key in RUN_JSON_KEYS:
+        assert key in run, f"run.json has no {key!r}"
+    assert run["prompt"] == prompt and run["steps"] == STEPS and run["seed"] == 0
+    assert run["device"] == "cpu" and run["seconds"] > 0
+    return run
+
+
+def measure(out: Path, shape: str, run: dict) -> tuple[float, np.ndarray]:
+    """(voxel IoU against the built-in `shape`, mean vertex colour RGB in [0, 1])."""
+    mesh = trimesh.load(out / "mesh.ply", process=False)
+    assert len(mesh.vertices) == run["vertices"] and len(mesh.faces) == run["faces"]
+    assert mesh.is_watertight
+    iou = voxel_iou(mesh, lambda p: shape_occupancy(shape, p))
+    colour = np.asarray(mesh.visual.vertex_colors)[:, :3].mean(0) / 255.0
+    print(f"{out.name}: IoU {iou:.3f}, mean colour {np.round(colour, 3).tolist()}, "
+          f"{run['vertices']} vertices, {run['seconds']:.0f} s")
+    return iou, colour
+
+
+def assert_red(colour: np.ndarray) -> None:
+    r, g, b = colour
+    assert r > 0.5 and r > 2 * g and r > 2 * b, f"mean vertex colour {colour} is not red"
+
+
+@pytest.mark.parametrize("shape", ["cube", "sphere"])
+def test_builtin_red_shape(shape, tmp_path):
+    out = tmp_path / f"red-{shape}"
+    run = generate(out, f"a red {shape}", "--prior", "builtin")
+    assert run["prior"] == "builtin" and run["model"] is None
+    iou, colour = measure(out, shape, run)
+    assert iou >= MIN_IOU
+    assert_red(colour)
+
+
+def test_reference_folder_with_poses(tmp_path):
+    shape = "cylinder"
+    folder = write_reference_folder(shape, "green", tmp_path / "photos", resolution=64)
+    assert (folder / "poses.json").is_file()
+    out = tmp_path / "from-photos"
+    run = generate(out, f"a {shape}", "--prior", "references", "--references", str(folder))
+    assert run["prior"] == "references" and "with poses" in run["prior_detail"]
+    iou, colour = measure(out, shape, run)
+    assert iou >= MIN_IOU
+    r, g, b = colour
+    assert g > r and g > b, f"mean vertex colour {colour} is not green"

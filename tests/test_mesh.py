@@ -1,0 +1,165 @@
+"""Marching cubes on analytic densities, the automatic threshold, export frames and the IoU
+measure the end-to-end tests rely on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from dreamsculpt.config import FieldConfig, MeshConfig
+from dreamsculpt.errors import DreamsculptError
+from dreamsculpt.fields import TriplaneField
+from dreamsculpt.guidance.shapes import shape_occupancy
+from dreamsculpt.mesh import Mesh, export_mesh, extract_mesh
+from dreamsculpt.metrics import voxel_iou
+
+RADIUS, PEAK, WIDTH = 0.6, 50.0, 0.04
+
+
+class AnalyticField(TriplaneField):
+    """An ellipsoid with half-axes `radii` around `centre` (a ball of RADIUS by default):
+    density PEAK inside, 0 outside, and a linear ramp WIDTH wide across the surface with
+    density PEAK / 2 exactly on it. Linear, so marching cubes interpolates it exactly; narrow
+    and without a tail, so the renders' silhouette is the surface too (a soft sigmoid edge
+    renders opaque well outside its PEAK / 2 level). Albedo varies with position so vertex
+    colours can be checked where they lie: albedo = ((x + 1) / 2, (y + 1) / 2, 0.25)."""
+
+    def __init__(self, centre=(0.0, 0.0, 0.0), radii=(RADIUS, RADIUS, RADIUS), peak=PEAK):
+        super().__init__(FieldConfig(grid_resolution=8, feature_dim=2, hidden_dim=4))
+        self.centre, self.radii, self.peak = torch.tensor(centre), torch.tensor(radii), peak
+
+    def forward(self, points):
+        r = ((points - self.centre) / self.radii).norm(dim=-1)
+        density = self.peak * ((1.0 - r) * RADIUS / WIDTH + 0.5).clamp(0, 1)
+        albedo = torch.stack([(points[:, 0] + 1) / 2, (points[:, 1] + 1) / 2, torch.full_like(r, 0.25)], -1)
+        return density, albedo.clamp(0, 1)
+
+
+def test_explicit_threshold_gives_the_sphere():
+    mesh, threshold = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    assert threshold == PEAK / 2
+    distance = np.linalg.norm(mesh.vertices, axis=1)
+    # The level set density = PEAK / 2 is |x| = RADIUS exactly.
+    assert distance.mean() == pytest.approx(RADIUS, rel=0.02)
+    assert distance.std() < 0.02 * RADIUS
+    tm = mesh.to_trimesh()
+    assert tm.is_watertight
+
+
+def test_surface_is_not_biased_outwards():
+    mesh, _ = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    # Marching cubes on the raw grid gives a mean radius of 0.6000 and a volume of 0.9034 (the
+    # ball's 4/3 pi 0.6^3 = 0.9048, less the chords' shortfall): allow a tenth of that bias.
+    assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, abs=0.001)
+    assert mesh.to_trimesh().volume == pytest.approx(4 / 3 * np.pi * RADIUS ** 3, rel=0.005)
+
+
+def test_vertex_colours_are_the_fields_albedo_at_the_vertices():
+    mesh, _ = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    v = mesh.vertices
+    expected = np.stack([(v[:, 0] + 1) / 2, (v[:, 1] + 1) / 2, np.full(len(v), 0.25)], 1)
+    assert mesh.colours.shape == v.shape and mesh.colours.dtype == np.float32
+    assert np.allclose(mesh.colours, expected, atol=1e-5)
+
+
+def test_automatic_threshold_finds_the_surface_the_renders_show():
+    mesh, threshold = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=None))
+    assert 0 < threshold < PEAK
+    assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, rel=0.05)
+
+
+def test_automatic_threshold_does_not_depend_on_the_density_scale():
+    # Ten times denser, the same silhouette: the surface found stays at the radius.
+    mesh, _ = extract_mesh(AnalyticField(peak=10 * PEAK), MeshConfig(resolution=64))
+    assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, rel=0.05)
+
+
+def test_floaters_are_removed():
+    class WithFloater(AnalyticField):
+        def forward(self, points):
+            density, albedo = super().forward(points)
+            speck = (points - torch.tensor([0.85, 0.85, 0.85])).norm(dim=-1) < 0.06
+            return torch.where(speck, torch.full_like(density, PEAK), density), albedo
+
+    mesh, _ = extract_mesh(WithFloater(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    # One piece, all of it on the sphere (the speck is 0.85 sqrt(3) = 1.47 from the origin).
+    assert len(mesh.to_trimesh().split(only_watertight=False)) == 1
+    assert np.linalg.norm(mesh.vertices, axis=1).max() < RADIUS * 1.05
+
+
+def test_empty_field_says_what_to_try():
+    empty = AnalyticField(peak=0.0)
+    with pytest.raises(DreamsculptError, match="Try") as error:
+        extract_mesh(empty, MeshConfig(resolution=32, threshold=None))
+    assert "--steps" in str(error.value) and "--seed" in str(error.value)
+    with pytest.raises(DreamsculptError, match="Try a lower --threshold"):
+        extract_mesh(empty, MeshConfig(resolution=32, threshold=1.0))
+
+
+def test_max_faces_decimates():
+    mesh, _ = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2, max_faces=2000))
+    assert len(mesh.faces) <= 2000
+    assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, rel=0.03)
+
+
+@pytest.fixture(scope="module")
+def offset_ellipsoid() -> Mesh:
+    """Distinct extents along every axis (0.3, 0.45, 0.8 half-axes) and an off-centre
+    position, so any axis swap or sign flip in an exported file shows."""
+    field = AnalyticField(centre=(0.1, 0.2, -0.1), radii=(0.3, 0.45, 0.8))
+    return extract_mesh(field, MeshConfig(resolution=64, threshold=PEAK / 2))[0]
+
+
+def load_glb(path) -> trimesh.Trimesh:
+    scene = trimesh.load(path)
+    return scene.to_geometry() if isinstance(scene, trimesh.Scene) else scene
+
+
+def test_export_writes_ply_with_colours_and_a_y_up_glb(offset_ellipsoid, tmp_path):
+    written = export_mesh(offset_ellipsoid, tmp_path)
+    assert sorted(p.name for p in written) == ["mesh.glb", "mesh.ply"]
+    assert not (tmp_path / "mesh.obj").exists()
+
+    ply = trimesh.load(tmp_path / "mesh.ply", process=False)
+    assert len(ply.vertices) == len(offset_ellipsoid.vertices)
+    assert np.allclose(ply.vertices, offset_ellipsoid.vertices, atol=1e-6)
+    colours = np.asarray(ply.visual.vertex_colors)[:, :3] / 255.0
+    assert np.allclose(colours, offset_ellipsoid.colours, atol=1 / 255)
+    # The engine frame is Z up: the 0.8 half-axis is Z, centred at z = -0.1.
+    assert ply.extents.tolist() == pytest.approx([0.6, 0.9, 1.6], abs=0.04)
+    assert ply.bounds.mean(0).tolist() == pytest.approx([0.1, 0.2, -0.1], abs=0.02)
+
+    glb = load_glb(tmp_path / "mesh.glb")
+    # glTF is Y up: (x, y, z) -> (x, z, -y). The glb's up (Y) extent is the ply's Z extent.
+    assert glb.extents[1] == pytest.approx(ply.extents[2], abs=1e-4)
+    assert glb.extents.tolist() == pytest.approx([ply.extents[0], ply.extents[2], ply.extents[1]], abs=1e-4)
+    assert glb.bounds.mean(0).tolist() == pytest.approx([0.1, -0.1, -0.2], abs=0.02)
+    assert len(glb.vertices) == len(ply.vertices)
+    glb_colours = np.asarray(glb.visual.vertex_colors)[:, :3] / 255.0
+    assert np.allclose(glb_colours.mean(0), colours.mean(0), atol=1 / 255)
+
+
+def test_export_obj_when_asked(offset_ellipsoid, tmp_path):
+    written = export_mesh(offset_ellipsoid, tmp_path, obj=True)
+    assert (tmp_path / "mesh.obj") in written
+    obj = trimesh.load(tmp_path / "mesh.obj", process=False)
+    assert obj.extents.tolist() == pytest.approx([0.6, 0.9, 1.6], abs=0.04)  # Z up, like the ply
+    assert len(obj.faces) == len(offset_ellipsoid.faces)
+
+
+def test_voxel_iou_of_a_unit_box_against_the_cube():
+    # The built-in cube has half-size 0.5: a box with extents 1 is the same solid.
+    box = trimesh.creation.box(extents=(1, 1, 1))
+    assert voxel_iou(box, lambda p: shape_occupancy("cube", p)) > 0.95
+    # Shifted by 0.25 along X: overlap 0.75 / union 1.25 = 0.6.
+    shifted = trimesh.creation.box(extents=(1, 1, 1))
+    shifted.apply_translation((0.25, 0, 0))
+    assert voxel_iou(shifted, lambda p: shape_occupancy("cube", p)) == pytest.approx(0.6, abs=0.04)
+
+
+def test_voxel_iou_of_an_icosphere_against_the_sphere():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
+    assert voxel_iou(sphere, lambda p: shape_occupancy("sphere", p)) > 0.93
+    assert voxel_iou(sphere, lambda p: shape_occupancy("torus", p)) < 0.3
