@@ -27,7 +27,7 @@ from dreamsculpt.config import FieldConfig
 from dreamsculpt.fields import TriplaneField
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import OtherCpuUse, machine, markdown_table  # noqa: E402
+from tables import OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
 
 
 def small_mlp(in_dim: int, hidden: int = 32) -> nn.Sequential:
@@ -122,13 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=default_threads,
                         help=f"torch intra-op thread counts to compare (default {' '.join(map(str, default_threads))})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each row, wait up to this long for other processes to leave the CPU")
     args = parser.parse_args(argv)
+    version = code_version()  # the working tree as imported, before anything runs
 
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, width, build in candidates():
             print(f"timing {name} on {threads} thread(s) ...", file=sys.stderr)
+            if args.wait_quiet:
+                wait_until_quiet(args.wait_quiet)
             torch.manual_seed(args.seed)
             model = build()
             params = sum(p.numel() for p in model.parameters())
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                          "?" if others.cores is None else f"{others.cores:.2f}"])
 
     print(f"\n### Feature encodings: {args.points:,} random points, median of {args.repeats} iterations\n")
-    print(f"Machine: {machine()}.\n")
+    print(f"Machine: {machine()}; {version}.\n")
     print(markdown_table(["encoding", "threads", "MLP input", "parameters", "forward ms", "backward ms", "Adam ms", "total ms",
                           "cores used by others"], rows))
     print("\n- Each encoding is followed by the same MLP shape (2 × 32 hidden, SiLU, 4 outputs); the loss is "

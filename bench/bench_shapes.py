@@ -32,7 +32,7 @@ from dreamsculpt.optimize import Callbacks
 from dreamsculpt.pipeline import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import OtherCpuUse, machine, markdown_table  # noqa: E402
+from tables import OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
 
 TARGET_IOU, TARGET_SECONDS = 0.85, 180.0
 TARGET = f"mean IoU ≥ {TARGET_IOU}; ≤ {TARGET_SECONDS / 60:.0f} minutes per shape on 2 cores"
@@ -97,22 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), metavar="SHAPE",
                         help=f"subset of {' '.join(SHAPES)} (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each shape, wait up to this long for other processes to leave the CPU")
     parser.add_argument("--out", type=Path, help="output folder (default: a new temporary folder, kept)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    version = code_version()  # the working tree as imported, before anything runs
     out_root = args.out or Path(tempfile.mkdtemp(prefix="dreamsculpt-bench-shapes-"))
 
     rows = []
     for shape in args.shapes:
         print(f"{shape} ...", file=sys.stderr)
+        if args.wait_quiet:
+            wait_until_quiet(args.wait_quiet)
         rows.append(run_shape(shape, args, out_root))
 
     mean_iou = float(np.mean([r["iou"] for r in rows]))
     max_seconds = max(r["seconds"] for r in rows)
     steps = args.steps if args.steps is not None else PRESETS[args.preset]["steps"]
     print(f"\n### Built-in shapes in {COLOUR}, --preset {args.preset}, {steps} steps, seed {args.seed}\n")
-    print(f"Machine: {machine()}. Target: {TARGET}. Outputs: {out_root}\n")
+    print(f"Machine: {machine()}; {version}. Target: {TARGET}. Outputs: {out_root}\n")
     print(markdown_table(["shape", "steps", "seconds to mesh", "ms/step", "render / guidance / backward ms",
                           "voxel IoU", "faces", "mean vertex colour", "cores used by others"],
                          [table_row(r) for r in rows]))
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"preset": args.preset, "steps": steps, "seed": args.seed,
                                          "machine": machine(), "mean_iou": round(mean_iou, 3),
-                                         "max_seconds": max_seconds, "rows": rows}, indent=2))
+                                         "max_seconds": max_seconds, "code": version,
+                                         "rows": rows}, indent=2))
         print(f"\nwrote {args.json}")
     return 0
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from dreamsculpt.config import RunConfig
+from dreamsculpt.config import RunConfig, TrainConfig
 from dreamsculpt.optimize import Trainer
 from dreamsculpt.pipeline import build_guidance
 from dreamsculpt.rendering import SHADING_MODES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import OtherCpuUse, machine, markdown_table  # noqa: E402
+from tables import OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
 
 TARGET_MS = 60.0
 TARGET = f"render + backward + optimiser ≤ {TARGET_MS:.0f} ms per step on 2 cores"
@@ -48,11 +48,10 @@ class StepTiming:
     wall: float       # the whole train_step call (includes the occupancy update when due)
 
 
-def make_config(args: argparse.Namespace, shading: str) -> RunConfig:
-    """The default RunConfig with the shading schedule forced to one mode, or left as is ("mix").
-
-    For "mix" the run length is warm-up + measured steps, so the albedo-only warm-up fraction
-    of the default schedule covers the same share of this short run as of a full one."""
+def make_config(args: argparse.Namespace) -> RunConfig:
+    """The default RunConfig for the benchmarked prior and render size. The run length is
+    warm-up + measured steps, so the albedo-only warm-up fraction of the shading schedule
+    covers the same share of this short run as of a full one."""
     config = RunConfig()
     g = config.guidance
     g.prior, g.prompt = args.prior, PROMPT
@@ -60,20 +59,31 @@ def make_config(args: argparse.Namespace, shading: str) -> RunConfig:
         g.model, g.device = args.model, "cpu"
     config.render.resolution = args.resolution
     config.train.steps = args.warmup + args.steps
-    s = config.shading
-    if shading == "albedo":
-        s.warmup_fraction = 1.0
-    elif shading in SHADING_MODES:
-        s.warmup_fraction = 0.0
-        s.p_albedo, s.p_lambertian, s.p_textureless = (float(shading == m) for m in SHADING_MODES)
     return config
 
 
-def measure(config: RunConfig, warmup: int, steps: int, threads: int) -> tuple[list[StepTiming], float | None]:
-    """Run warmup + steps real training steps. Returns the timings of the last `steps` and
+def force_shading(config: RunConfig, mode: str) -> None:
+    """Every step in `mode`. Applied after build_guidance, which may have set its own schedule
+    (reference priors render albedo only); shaded modes get the default orientation penalty
+    back, as a Stable Diffusion run has it."""
+    s = config.shading
+    s.warmup_fraction = 1.0 if mode == "albedo" else 0.0
+    s.p_albedo, s.p_lambertian, s.p_textureless = (float(mode == m) for m in SHADING_MODES)
+    if mode != "albedo":
+        config.train.lambda_orient = TrainConfig().lambda_orient
+
+
+def measure(config: RunConfig, shading: str, warmup: int, steps: int, threads: int,
+            wait_quiet_s: float = 0.0) -> tuple[list[StepTiming], float | None]:
+    """Run warmup + steps real training steps, every one in `shading` mode or, for "mix", in
+    the schedule the pipeline sets for the prior. Returns the timings of the last `steps` and
     the cores other processes kept busy meanwhile."""
+    if wait_quiet_s:
+        wait_until_quiet(wait_quiet_s)
     torch.set_num_threads(threads)
     guidance, _ = build_guidance(config)
+    if shading != "mix":
+        force_shading(config, shading)
     trainer = Trainer(config, guidance)
     # Record which shading mode each step drew (the loop does not expose it otherwise).
     modes: list[str] = []
@@ -104,8 +114,8 @@ def summary_row(label: str, steps: list[StepTiming], threads: int, others: float
         ms = {p: 1e3 * sum(getattr(s, p) for s in steps) / len(steps) for p in phases}
         count = str(len(steps))
     else:
-        by_mode = {m: [s for s in steps if s.mode == m] for m in weights}
-        ms = {p: sum(w * 1e3 * sum(getattr(s, p) for s in by_mode[m]) / len(by_mode[m]) for m, w in weights.items())
+        by_mode = {m: [s for s in steps if s.mode == m] for m, w in weights.items() if w > 0}
+        ms = {p: sum(weights[m] * 1e3 * sum(getattr(s, p) for s in ss) / len(ss) for m, ss in by_mode.items())
               for p in phases}
         count = "weighted"
     rb = ms["render"] + ms["backward"]
@@ -140,26 +150,30 @@ def run_rows(args: argparse.Namespace) -> tuple[list[list], list[str]]:
     modes = SHADING_MODES if args.prior == "builtin" else ()
     for mode in modes:
         print(f"measuring {mode} steps ...", file=sys.stderr)
-        per_mode[mode], others = measure(make_config(args, mode), args.warmup, args.steps, args.threads)
+        per_mode[mode], others = measure(make_config(args), mode, args.warmup, args.steps, args.threads,
+                                          args.wait_quiet)
         busiest = max(busiest, others or 0.0)
         rows.append(summary_row(f"{mode} only", per_mode[mode], args.threads, others))
-    print("measuring the default shading mix ...", file=sys.stderr)
-    mix_config = make_config(args, "mix")
-    mix, others = measure(mix_config, args.warmup, args.steps, args.threads)
-    rows.append(summary_row(f"default mix ({mode_counts(mix)})", mix, args.threads, others))
+    print(f"measuring the {args.prior} prior's own shading schedule ...", file=sys.stderr)
+    mix, others = measure(make_config(args), "mix", args.warmup, args.steps, args.threads, args.wait_quiet)
+    rows.append(summary_row(f"{args.prior} prior's schedule ({mode_counts(mix)})", mix, args.threads, others))
     if per_mode:
         shares = full_run_shares(RunConfig())
         combined = [s for steps in per_mode.values() for s in steps]
-        rows.append(summary_row("default mix over a full run (" + " / ".join(
+        rows.append(summary_row("SD-prior mix over a full run (" + " / ".join(
             f"{100 * w:.1f}% {m}" for m, w in shares.items()) + ")", combined, args.threads, busiest, shares))
         d = RunConfig().shading
-        notes.append(f"The full-run row weights the per-mode rows by the default schedule: albedo only for the "
-                     f"first {100 * d.warmup_fraction:.0f}% of steps, then {d.p_albedo:g} albedo / "
+        notes.append("The pipeline renders albedo only for the builtin and references priors (their images have "
+                     "the lighting baked in); the shaded rows force lambertian / textureless steps after "
+                     "build_guidance to time the path Stable Diffusion runs take. Render and backward cost hardly "
+                     "depends on the prior.")
+        notes.append(f"The SD-prior mix row weights the per-mode rows by the default ShadingConfig: albedo only for "
+                     f"the first {100 * d.warmup_fraction:.0f}% of steps, then {d.p_albedo:g} albedo / "
                      f"{d.p_lambertian:g} lambertian / {d.p_textureless:g} textureless.")
     if not args.no_single_thread and args.threads != 1:
-        print("measuring the default shading mix on 1 thread ...", file=sys.stderr)
-        single, others = measure(make_config(args, "mix"), args.warmup, args.steps, 1)
-        rows.append(summary_row(f"default mix ({mode_counts(single)})", single, 1, others))
+        print(f"measuring the {args.prior} prior's own shading schedule on 1 thread ...", file=sys.stderr)
+        single, others = measure(make_config(args), "mix", args.warmup, args.steps, 1, args.wait_quiet)
+        rows.append(summary_row(f"{args.prior} prior's schedule ({mode_counts(single)})", single, 1, others))
         torch.set_num_threads(args.threads)
     notes.append("render + backward = render, then loss assembly, backward, gradient finiteness check and Adam "
                  "step (Trainer.timings 'backward'); guidance is the prior's grad() call.")
@@ -171,8 +185,8 @@ def run_rows(args: argparse.Namespace) -> tuple[list[list], list[str]]:
     notes.append("Measured early in a run (after the warm-up steps), when the field is still close to the "
                  "initial blob; the occupied volume, and so the cost, changes as the shape forms.")
     if args.prior == "sd":
-        notes.append(f"Stable Diffusion guidance from {args.model}: with the tests' tiny random model this only "
-                     "shows the split. An SD-1.5-size UNet costs ~12.7 s per guided step on this 2-core CPU "
+        notes.append(f"Stable Diffusion guidance from {getattr(args, 'model_label', args.model)}: a tiny model "
+                     "only shows the split. An SD-1.5-size UNet costs ~12.7 s per guided step on this 2-core CPU "
                      "(FINDINGS.md): real SD guidance is GPU-only here.")
     return rows, notes
 
@@ -185,19 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help=f"torch intra-op threads (default {torch.get_num_threads()})")
     parser.add_argument("--no-single-thread", action="store_true", help="skip the 1-thread comparison row")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each row, wait up to this long for other processes to leave the CPU")
     parser.add_argument("--prior", choices=("builtin", "sd"), default="builtin")
     parser.add_argument("--model", help="--prior sd: a diffusers folder (default: the tests' tiny random SD)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a benchmark never downloads
+    version = code_version()  # the working tree as imported, before anything runs
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.prior == "sd" and not args.model:
             args.model = tiny_sd_model(Path(tmp))
+            args.model_label = "the tests' tiny random SD (tests/tiny_sd.py)"
         rows, notes = run_rows(args)
 
     print(f"\n### SDS step, {args.prior} prior, \"{PROMPT}\", {args.resolution}² render, "
           f"{args.warmup} warm-up + {args.steps} measured steps per row\n")
-    print(f"Machine: {machine()}. Target: {TARGET}.\n")
+    print(f"Machine: {machine()}; {version}. Target: {TARGET}.\n")
     print(markdown_table(["steps", "threads", "n", "render ms", "guidance ms", "backward + Adam ms",
                           "render + backward ms", f"≤ {TARGET_MS:.0f} ms", "occupancy + rest ms", "wall ms",
                           "cores used by others"], rows))

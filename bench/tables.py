@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import hashlib
 import platform
+import subprocess
+import sys
 import time
 
 import torch
@@ -80,3 +83,35 @@ class OtherCpuUse:
             text += (" -- WARNING: the machine was not quiet; these timings are inflated and not "
                      "comparable with a quiet run")
         return text
+
+
+def code_version() -> str:
+    """The commit measured, and a fingerprint of uncommitted changes under backend/ (the
+    package is installed editable, so a run measures the working tree as it was at import)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True, text=True,  # noqa: E731
+                                        check=True).stdout
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        diff = git("diff", "HEAD", "--", "backend")
+    except (OSError, subprocess.CalledProcessError):
+        return "code: unknown (not a git checkout)"
+    if not diff:
+        return f"code: {commit}"
+    return f"code: {commit} + uncommitted backend/ changes (diff {hashlib.sha1(diff.encode()).hexdigest()[:8]})"
+
+
+def wait_until_quiet(max_wait_s: float, threshold: float = 0.25, window_s: float = 5.0) -> None:
+    """Wait (up to max_wait_s) until other processes use under `threshold` cores for a
+    `window_s` window, so the next measurement starts on a quiet machine."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        with OtherCpuUse() as probe:
+            time.sleep(window_s)
+        if probe.cores is None or probe.cores < threshold:
+            return
+        if time.monotonic() >= deadline:
+            print(f"  machine still busy ({probe.cores:.2f} cores used by others); measuring anyway",
+                  file=sys.stderr)
+            return
+        print(f"  waiting for a quiet machine ({probe.cores:.2f} cores used by others) ...", file=sys.stderr)

@@ -62,7 +62,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         config.render.resolution = args.resolution
     if args.mesh_resolution is not None:
         config.mesh.resolution = args.mesh_resolution
-    config.mesh.threshold, config.mesh.max_faces, config.mesh.export_obj = args.threshold, args.max_faces, args.obj
+    config.mesh.threshold, config.mesh.export_obj = args.threshold, args.obj
+    if args.max_faces is not None:
+        config.mesh.max_faces = args.max_faces
     return config
 
 

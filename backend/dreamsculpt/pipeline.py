@@ -47,6 +47,13 @@ def fit_cameras(config: RunConfig, images: ImageSet) -> None:
     cam.anchors = tuple(views)
 
 
+def albedo_only(config: RunConfig) -> None:
+    """Reference images carry their lighting baked in (the built-in library: a light fixed in
+    the world), so random-light shading would contradict them: render albedo only."""
+    config.shading.p_albedo, config.shading.p_lambertian, config.shading.p_textureless = 1.0, 0.0, 0.0
+    config.train.lambda_orient = 0.0
+
+
 def build_guidance(config: RunConfig) -> tuple[Guidance, str]:
     """The prior the config names, and a one-line description of it for run.json."""
     g = config.guidance
@@ -60,6 +67,7 @@ def build_guidance(config: RunConfig) -> tuple[Guidance, str]:
         library = builtin_library(config.render.resolution)
         condition = torch.tensor([label in labels for label in library.labels])
         fit_cameras(config, library)
+        albedo_only(config)
         return ReferencePrior(library, condition, g), f"builtin: {', '.join(sorted(labels))}"
     if g.prior == "references":
         from .guidance.reference import ReferencePrior
@@ -68,6 +76,7 @@ def build_guidance(config: RunConfig) -> tuple[Guidance, str]:
             raise DreamsculptError("--prior references needs --references DIR: a folder of square PNG/JPG images.")
         images = load_reference_folder(g.references, config.render.resolution)
         fit_cameras(config, images)
+        albedo_only(config)
         posed = "with poses" if images.has_poses else "without poses"
         return (ReferencePrior(images, torch.ones(len(images), dtype=torch.bool), g),
                 f"references: {len(images)} images {posed} from {g.references}")

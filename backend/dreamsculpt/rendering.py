@@ -106,17 +106,23 @@ def render(field: TriplaneField, cameras: Cameras, size: int, samples_per_ray: i
     keep = hit.expand_as(t)
     if occupancy is not None:
         keep = keep & occupancy.query(points)
+    # Early ray termination in two passes: a gradient-free density pass finds the samples
+    # that light still reaches (and those visible enough to need normals); only those are
+    # evaluated again with gradients, so the backward pass follows the visible surface.
+    with torch.no_grad():
+        density_0 = torch.zeros_like(t).index_put((keep,), field.density(points[keep]))
+        weights_0 = composite(density_0, span.expand_as(t), t[..., None])[0]
+        reached = torch.cat([torch.ones_like(t[:, :1], dtype=torch.bool),
+                             (weights_0.cumsum(-1) < 1.0 - 1e-4)[:, :-1]], -1)
+    keep = keep & reached
     inner = points[keep]
     density_k, albedo_k = field(inner)
     density = torch.zeros_like(t).index_put((keep,), density_k)
     normals_k = None
     if (want_normals or shading != "albedo") and inner.shape[0]:
-        # Normals cost six density probes each, so take them only where a sample is visible.
-        with torch.no_grad():
-            visible = composite(density, span.expand_as(t), t[..., None])[0] > 1e-4
-        normals_k = torch.zeros_like(inner)
-        surface = visible[keep]
-        normals_k = normals_k.index_put((surface,), field.normals(inner[surface]))
+        # Normals need a double backward: take them only where a sample is visible.
+        surface = (weights_0 > 1e-3)[keep]
+        normals_k = torch.zeros_like(inner).index_put((surface,), field.normals(inner[surface]))
     colour_k = shade(albedo_k, normals_k, light_dir, shading, ambient)
 
     values = [colour_k] if normals_k is None else [colour_k, normals_k]

@@ -77,8 +77,11 @@ class ReferencePrior:
         dist = x_t.square().sum(-1, keepdim=True) - 2 * a.sqrt() * (x_t @ self.flat.t()) + a * self.sq_norms[None]
         logits = -dist / (2.0 * (1.0 - a)) + log_kernel
         weights = torch.stack([torch.softmax(logits if m is None else logits.masked_fill(~m[None], float("-inf")), -1)
-                               for m in subsets])                     # [S, B, N]
-        return (weights.reshape(-1, weights.shape[-1]) @ self.flat).reshape(len(subsets), *x_t.shape)
+                               for m in subsets]).reshape(-1, logits.shape[-1])   # [S * B, N]
+        # In thousands of dimensions the softmax is sharply peaked: mixing only the images
+        # that carry weight gives the same x0 at a fraction of the [N, D] product.
+        used = (weights > 1e-8).any(0).nonzero()[:, 0]
+        return (weights[:, used] @ self.flat[used]).reshape(len(subsets), *x_t.shape)
 
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
              generator: torch.Generator) -> GuidanceOutput:
