@@ -11,6 +11,9 @@ import time
 
 import torch
 
+#: Other processes using more cores than this make a timing row suspect.
+QUIET_CORES = 0.25
+
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A GitHub-flavoured markdown table; floats are expected to be formatted by the caller."""
@@ -79,7 +82,7 @@ class OtherCpuUse:
         if cores is None:
             return "CPU use of other processes: unknown (no /proc/stat)"
         text = f"other processes kept {cores:.2f} cores busy on average while this ran"
-        if cores > 0.25:
+        if cores > QUIET_CORES:
             text += (" -- WARNING: the machine was not quiet; these timings are inflated and not "
                      "comparable with a quiet run")
         return text
@@ -101,7 +104,7 @@ def code_version() -> str:
     return f"code: {commit} + uncommitted backend/ changes (diff {hashlib.sha1(diff.encode()).hexdigest()[:8]})"
 
 
-def wait_until_quiet(max_wait_s: float, threshold: float = 0.25, window_s: float = 5.0) -> None:
+def wait_until_quiet(max_wait_s: float, threshold: float = QUIET_CORES, window_s: float = 5.0) -> None:
     """Wait (up to max_wait_s) until other processes use under `threshold` cores for a
     `window_s` window, so the next measurement starts on a quiet machine."""
     deadline = time.monotonic() + max_wait_s

@@ -73,8 +73,11 @@ def measure(out: Path, shape: str, run: dict) -> tuple[float, np.ndarray]:
 
 
 def assert_red(colour: np.ndarray) -> None:
+    # The library bakes a fixed light into its images (ambient 0.55 + 0.45 n.l on albedo
+    # 0.85, 0.1, 0.1), so a faithful mesh averages roughly R 0.45-0.6: red is the hue, a
+    # bright red channel far above green and blue, not a fixed brightness.
     r, g, b = colour
-    assert r > 0.5 and r > 2 * g and r > 2 * b, f"mean vertex colour {colour} is not red"
+    assert r > 0.35 and r > 3 * g and r > 3 * b, f"mean vertex colour {colour} is not red"
 
 
 @pytest.mark.parametrize("shape", ["cube", "sphere"])

@@ -76,8 +76,10 @@ def test_poses_weight_the_mean_by_the_view_kernel():
     wide = prior(images, view_sigma_deg=40.0)
     log_k = wide.log_view_kernel(camera)
     # Angles from azimuth 60 to 0, 90, 180, 270 are 60, 30, 120, 150 degrees; sigma 40:
-    # log k = -0.5 (angle / 40)^2 = -1.125, -0.28125, -4.5, -7.03125.
-    assert log_k[0].tolist() == pytest.approx([-1.125, -0.28125, -4.5, -7.03125], abs=1e-4)
+    # log k = -0.5 (angle / 40)^2 = -1.125, -0.28125 for the two within nearest + sigma
+    # (30 + 40 = 70 degrees); the views at 120 and 150 degrees are cut off (-inf).
+    assert log_k[0, :2].tolist() == pytest.approx([-1.125, -0.28125], abs=1e-4)
+    assert torch.isinf(log_k[0, 2:]).all() and (log_k[0, 2:] < 0).all()
     expected = torch.softmax(log_k, -1) @ wide.flat
     assert torch.allclose(wide.denoise(x_t, a, log_k), expected, atol=1e-4)
 

@@ -56,7 +56,7 @@ class GuidanceConfig:
     t_max: float = 0.98
     t_anneal_to: float | None = None
     view_dependent: bool = True     # front / side / back / overhead prompts
-    view_sigma_deg: float = 25.0    # reference prior: width of the camera-proximity kernel
+    view_sigma_deg: float = 10.0    # reference prior: width of the camera-proximity kernel
     fp16: bool = False              # opt-in, CUDA only
     device: str = "auto"            # auto: cuda, then mps, then cpu
 

@@ -70,7 +70,10 @@ def auto_threshold(field: TriplaneField, occupancy: OccupancyGrid | None = None,
     inter = (inside & opaque[None]).reshape(len(candidates), len(cams), -1).sum(-1).float()
     union = (inside | opaque[None]).reshape(len(candidates), len(cams), -1).sum(-1).float()
     iou = (inter / union.clamp_min(1)).mean(-1)
-    return float(candidates[int(iou.argmax())])
+    # Levels up to the densest shell all cast the same silhouettes; of the near-ties take the
+    # lowest, which keeps the interior (never seen, often less dense) inside the solid.
+    best = int(torch.nonzero(iou >= iou.max() - 0.005)[0])
+    return float(candidates[best])
 
 
 @torch.no_grad()
@@ -103,7 +106,10 @@ def clean_solid(grid: np.ndarray, threshold: float, min_fraction: float) -> np.n
     holding less than `min_fraction` of the largest piece's volume (floaters) are removed,
     so marching cubes returns one clean outer surface.
     """
-    solid = ndimage.binary_fill_holes(grid > threshold)
+    solid = grid > threshold
+    # A closing by two voxels seals pinholes through the shell before the cavities are
+    # filled (a triplane's axis-aligned streaks can open thin tunnels to the inside).
+    solid = ndimage.binary_fill_holes(solid | ndimage.binary_closing(solid, iterations=2))
     labels, count = ndimage.label(solid)
     if count == 0:
         return grid

@@ -53,12 +53,20 @@ class ReferencePrior:
         return self.library.resolution
 
     def log_view_kernel(self, cameras: Cameras) -> torch.Tensor:
-        """[B, N] log of the camera-proximity kernel (zeros without poses)."""
+        """[B, N] log of the camera-proximity kernel (zeros without poses).
+
+        A Gaussian in the angle between views, cut off beyond (nearest angle + sigma): in
+        thousands of pixel dimensions the image term of the logits outweighs any smooth
+        kernel, so without the cut the "nearest" reference could come from the far side of
+        the object whenever it happens to look more like the current render.
+        """
         if not self.library.has_poses or self.view_sigma <= 0:
             return torch.zeros(len(cameras), len(self.library))
-        angle = angle_between_views(cameras.azimuth_deg[:, None], cameras.elevation_deg[:, None],
+        angle = angle_between_views(cameras.azimuth_deg.cpu()[:, None], cameras.elevation_deg.cpu()[:, None],
                                     self.library.azimuth_deg[None], self.library.elevation_deg[None])
-        return -0.5 * (angle / self.view_sigma) ** 2
+        log_k = -0.5 * (angle / self.view_sigma) ** 2
+        near = angle <= angle.amin(-1, keepdim=True) + self.view_sigma
+        return log_k.masked_fill(~near, float("-inf"))
 
     def denoise(self, x_t: torch.Tensor, alpha_bar: torch.Tensor, log_kernel: torch.Tensor,
                 subset: torch.Tensor | None = None) -> torch.Tensor:
