@@ -32,7 +32,7 @@ from dreamsculpt.optimize import Callbacks
 from dreamsculpt.pipeline import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
+from tables import QUIET_CORES, OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
 
 TARGET_IOU, TARGET_SECONDS = 0.85, 180.0
 TARGET = f"mean IoU ≥ {TARGET_IOU}; ≤ {TARGET_SECONDS / 60:.0f} minutes per shape on 2 cores"
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     print("- render / guidance / backward: Trainer.timings per step (run.json ms_per_step).")
     print(f"- voxel IoU: metrics.voxel_iou of mesh.ply vs shapes.shape_occupancy at 64³. Mean vertex colour "
           f"of mesh.ply; the library's {COLOUR} albedo is {COLOURS[COLOUR]}.")
-    print("- cores used by others: average CPU load of other processes meanwhile (/proc/stat); above ~0.25 "
-          "the times are inflated.")
+    print(f"- cores used by others: average CPU load of other processes meanwhile (/proc/stat); above "
+          f"{QUIET_CORES} the times are inflated.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"preset": args.preset, "steps": steps, "seed": args.seed,

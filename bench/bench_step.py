@@ -1,15 +1,17 @@
 """Milliseconds per SDS step, split into render / guidance / backward + optimiser.
 
 Runs the real loop (`Trainer.train_step`, whose `timings` dict times the three phases) on
-"a red cube" with the built-in reference prior, for albedo-only steps, lambertian steps,
-textureless steps and the mix the default shading config produces. Occupancy-grid updates
-happen in `train_step` outside the three timed phases: they show up amortised in the
-"occupancy + rest" column (wall time of the step minus the three phases).
+"a red cube" with the built-in reference prior: rows for albedo-only, lambertian-only and
+textureless-only steps (forced after `build_guidance`, since the pipeline renders albedo only
+for reference priors), the prior's own schedule as the pipeline sets it, the default
+(Stable Diffusion) shading mix over a full run as a weighted row, and the prior's schedule on
+1 thread. Occupancy-grid updates happen in `train_step` outside the three timed phases: they
+show up amortised in "occupancy + rest" (wall time of the step minus the three phases).
 
-    .venv/bin/python bench/bench_step.py                   # 64 px, 50 warm-up + 200 steps
-    .venv/bin/python bench/bench_step.py --resolution 32 --threads 2
+    .venv/bin/python bench/bench_step.py --wait-quiet 600  # 64 px, 50 warm-up + 200 steps per row
+    .venv/bin/python bench/bench_step.py --resolution 32 --threads 2 --no-single-thread
     .venv/bin/python bench/bench_step.py --prior sd        # tiny random SD (tests/tiny_sd.py)
-    .venv/bin/python bench/bench_step.py --prior sd --model PATH
+    .venv/bin/python bench/bench_step.py --prior sd --model PATH --steps 20 --warmup 2
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dreamsculpt.pipeline import build_guidance
 from dreamsculpt.rendering import SHADING_MODES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
+from tables import QUIET_CORES, OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
 
 TARGET_MS = 60.0
 TARGET = f"render + backward + optimiser ≤ {TARGET_MS:.0f} ms per step on 2 cores"
@@ -179,8 +181,8 @@ def run_rows(args: argparse.Namespace) -> tuple[list[list], list[str]]:
                  "step (Trainer.timings 'backward'); guidance is the prior's grad() call.")
     notes.append("occupancy + rest = wall time of train_step minus the three phases: mostly the occupancy-grid "
                  "update every 16 steps, amortised.")
-    notes.append("cores used by others: average CPU load of other processes while the row was measured "
-                 "(from /proc/stat); above ~0.25 the row is inflated, and two 2-thread torch processes on 2 "
+    notes.append(f"cores used by others: average CPU load of other processes while the row was measured "
+                 f"(from /proc/stat); above {QUIET_CORES} the row is inflated, and two 2-thread torch processes on 2 "
                  "cores slow each other down far more than 2x.")
     notes.append("Measured early in a run (after the warm-up steps), when the field is still close to the "
                  "initial blob; the occupied volume, and so the cost, changes as the shape forms.")

@@ -7,7 +7,8 @@ a = alpha_bar(t), the optimal denoiser of the empirical distribution is closed-f
     x0_hat(x_t) = sum_i w_i x_i,   w = softmax_i( -|x_t - sqrt(a) x_i|^2 / (2 (1 - a)) + log k_i )
 
 where k_i is 1 without poses and, when the reference poses are known, a Gaussian kernel on
-the angle between the render's camera and reference i (view conditioning). At tiny noise
+the angle between the render's camera and reference i, cut off beyond the nearest
+reference's angle plus sigma (view conditioning; see `log_view_kernel`). At tiny noise
 x0_hat is the nearest reference; at huge noise it is the (kernel-weighted) set mean.
 
 Classifier-free guidance is emulated with the prompt's set as the condition and the union
