@@ -2,7 +2,7 @@
 
     sample cameras -> render -> guidance gradient -> regularisers -> optimiser step
 
-Seeded and deterministic on CPU; reports progress, previews, checkpoints; resumes; stops
+Seeded and deterministic on CPU for a given torch thread count; reports progress, previews, checkpoints; resumes; stops
 between steps when cancelled and on the first NaN/Inf.
 """
 
@@ -96,7 +96,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
         self.step_index = 0
         self.loss_ema = 0.0
-        self.timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0, "steps": 0}
+        self.timings = {"occupancy": 0.0, "render": 0.0, "guidance": 0.0, "backward": 0.0, "steps": 0}
 
     def shading_mode(self) -> str:
         s = self.config.shading
@@ -108,9 +108,11 @@ class Trainer:
     def train_step(self) -> float:
         """One optimisation step; returns the guidance loss."""
         c, t = self.config, self.config.train
+        start = time.perf_counter()
         if self.step_index % c.render.occupancy_update_every == 0:
             self.occupancy.update(self.field, self.generator)
         tick = time.perf_counter()
+        self.timings["occupancy"] += tick - start
         cameras = sample_cameras(c.camera, t.batch_size, self.generator).to(self.device)
         mode = self.shading_mode()
         out = render(self.field, cameras, c.render.resolution, c.render.samples_per_ray, self.occupancy,

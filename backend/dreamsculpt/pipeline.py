@@ -130,7 +130,7 @@ def _write_run_json(out_dir, config, description, guidance, trainer, mesh, thres
         "seed": config.train.seed, "steps": config.train.steps,
         "seconds": round(seconds, 2), "device": str(getattr(guidance, "device", "cpu")),
         "vertices": len(mesh.vertices), "faces": len(mesh.faces), "threshold": threshold,
-        "ms_per_step": {k: round(1e3 * timings[k] / steps, 2) for k in ("render", "guidance", "backward")},
+        "ms_per_step": {k: round(1e3 * timings[k] / steps, 2) for k in ("occupancy", "render", "guidance", "backward")},
         "config": config.to_dict(),
     }
     tmp = out_dir / "run.json.tmp"
