@@ -1,4 +1,4 @@
-"""`dreamsculpt generate PROMPT`: text to a coloured mesh from the command line.
+"""`dreamsculpt generate PROMPT`: text to a coloured mesh; `dreamsculpt serve`: the job server.
 
 User errors print one line (`error: ...`) and exit 1; Ctrl-C stops after the current step,
 keeps a checkpoint and exits 130 (continue with --resume).
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_SD_MODEL, PRESETS, PRIORS, RunConfig, apply_preset
+from .config import DEFAULT_SD_MODEL, LIMITS, PRESETS, PRIORS, RunConfig, build_config
 from .errors import CancelledError, DreamsculptError
+from .server.settings import DEFAULT_HOST, DEFAULT_IDLE_RELEASE_S, DEFAULT_PORT, ServerSettings, load_or_create_token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,29 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, help="output folder (default: out/<prompt>)")
     gen.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    srv = sub.add_parser("serve", help="run the local job server the Blender add-on talks to")
+    srv.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}, this machine only)")
+    srv.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    srv.add_argument("--data-dir", type=Path, help="where jobs and the log are kept (default: the platform's data folder)")
+    srv.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach (token still required)")
+    srv.add_argument("--device", default="auto", help="where jobs run: auto, cpu, cuda, cuda:N or mps")
+    srv.add_argument("--idle-release", type=float, default=DEFAULT_IDLE_RELEASE_S, metavar="SECONDS",
+                     help="free loaded models after this long without a job (0: never)")
+    sub.add_parser("token", help="print the job server's access token (created if there is none)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    config = apply_preset(RunConfig(), args.preset)
-    g = config.guidance
-    g.prior, g.prompt, g.negative, g.model = args.prior, args.prompt, args.negative, args.model
-    g.references, g.guidance_scale, g.device, g.fp16 = args.references, args.guidance_scale, args.device, args.fp16
-    config.train.seed = args.seed
-    for name, value, low in (("steps", args.steps, 1), ("resolution", args.resolution, 16),
-                             ("mesh-resolution", args.mesh_resolution, 32), ("max-faces", args.max_faces, 4)):
+    for name in ("steps", "resolution", "mesh_resolution", "max_faces"):
+        value, low = getattr(args, name), LIMITS[name][0]
         if value is not None and value < low:
-            raise DreamsculptError(f"--{name} must be at least {low} (got {value}).")
-    if args.steps is not None:
-        config.train.steps = args.steps
-    if args.resolution is not None:
-        config.render.resolution = args.resolution
-    if args.mesh_resolution is not None:
-        config.mesh.resolution = args.mesh_resolution
-    config.mesh.threshold, config.mesh.export_obj = args.threshold, args.obj
-    if args.max_faces is not None:
-        config.mesh.max_faces = args.max_faces
-    return config
+            raise DreamsculptError(f"--{name.replace('_', '-')} must be at least {low} (got {value}).")
+    optional = {"max_faces": args.max_faces} if args.max_faces is not None else {}
+    return build_config(args.prompt, prior=args.prior, negative=args.negative, model=args.model,
+                        references=args.references, preset=args.preset, seed=args.seed, steps=args.steps,
+                        guidance_scale=args.guidance_scale, resolution=args.resolution,
+                        mesh_resolution=args.mesh_resolution, threshold=args.threshold, obj=args.obj,
+                        device=args.device, fp16=args.fp16, **optional)
 
 
 def default_out_dir(prompt: str) -> Path:
@@ -114,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "serve":
+            from .server.serve import serve
+
+            return serve(ServerSettings(args.host, args.port, args.data_dir, args.allow_remote, args.device,
+                                        args.idle_release))
+        if args.command == "token":
+            print(load_or_create_token())
+            return 0
     except CancelledError as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130

@@ -142,3 +142,36 @@ def apply_preset(config: RunConfig, name: str) -> RunConfig:
     config.train.steps = preset["steps"]
     config.mesh.resolution = preset["mesh_resolution"]
     return config
+
+
+#: Accepted ranges (inclusive) of the options the CLI and the job server share.
+LIMITS: dict[str, tuple[int, int]] = {
+    "steps": (1, 100_000),
+    "resolution": (16, 512),
+    "mesh_resolution": (32, 1024),
+    "max_faces": (4, 50_000_000),
+    "seed": (0, 2**32 - 1),
+}
+
+
+def build_config(prompt: str, *, prior: str = "sd", negative: str = "", model: str = DEFAULT_SD_MODEL,
+                 references: str | None = None, preset: str = "standard", seed: int = 0,
+                 steps: int | None = None, guidance_scale: float | None = None,
+                 resolution: int | None = None, mesh_resolution: int | None = None,
+                 threshold: float | None = None, max_faces: int | None = MeshConfig.max_faces,
+                 obj: bool = False, device: str = "auto", fp16: bool = False) -> RunConfig:
+    """The RunConfig of a text-to-3D run from the options a user gives (CLI flags or a job
+    request); None keeps the preset's value. Range checks are the caller's (see LIMITS)."""
+    config = apply_preset(RunConfig(), preset)
+    g = config.guidance
+    g.prior, g.prompt, g.negative, g.model, g.references = prior, prompt, negative, model, references
+    g.guidance_scale, g.device, g.fp16 = guidance_scale, device, fp16
+    config.train.seed = seed
+    if steps is not None:
+        config.train.steps = steps
+    if resolution is not None:
+        config.render.resolution = resolution
+    if mesh_resolution is not None:
+        config.mesh.resolution = mesh_resolution
+    config.mesh.threshold, config.mesh.max_faces, config.mesh.export_obj = threshold, max_faces, obj
+    return config

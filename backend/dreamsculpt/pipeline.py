@@ -19,6 +19,7 @@ from .errors import DreamsculptError
 from .guidance.base import Guidance
 from .guidance.image_sets import ImageSet
 from .mesh import export_mesh, extract_mesh
+from .models import ModelCache
 from .optimize import Callbacks, Progress, Trainer
 from .preview import save_preview, save_turntable
 
@@ -54,9 +55,11 @@ def albedo_only(config: RunConfig) -> None:
     config.train.lambda_orient = 0.0
 
 
-def build_guidance(config: RunConfig) -> tuple[Guidance, str]:
-    """The prior the config names, and a one-line description of it for run.json."""
+def build_guidance(config: RunConfig, models: ModelCache | None = None) -> tuple[Guidance, str]:
+    """The prior the config names, and a one-line description of it for run.json. With a
+    `models` cache, heavy parts (the shape library, SD's networks) are loaded once and reused."""
     g = config.guidance
+    models = models if models is not None else ModelCache()
     if not g.prompt.strip() and g.prior != "references":
         raise DreamsculptError('The prompt is empty: say what to make, e.g. dreamsculpt generate "a red cube" --prior builtin.')
     if g.prior == "builtin":
@@ -64,7 +67,8 @@ def build_guidance(config: RunConfig) -> tuple[Guidance, str]:
         from .guidance.shapes import COLOURS, SHAPES, builtin_library, match_prompt
         # Match first: a prompt naming no shape fails before any rendering.
         labels = set(match_prompt(g.prompt, [f"{c} {s}" for s in SHAPES for c in COLOURS]))
-        library = builtin_library(config.render.resolution)
+        res = config.render.resolution
+        library = models.get(f"builtin shapes {res} px", lambda: builtin_library(res))
         condition = torch.tensor([label in labels for label in library.labels])
         fit_cameras(config, library)
         albedo_only(config)
@@ -81,23 +85,28 @@ def build_guidance(config: RunConfig) -> tuple[Guidance, str]:
         return (ReferencePrior(images, torch.ones(len(images), dtype=torch.bool), g),
                 f"references: {len(images)} images {posed} from {g.references}")
     if g.prior == "sd":
-        from .devices import resolve_device
-        from .guidance.stable_diffusion import StableDiffusionGuidance
-        guidance = StableDiffusionGuidance(g, resolve_device(g.device))
+        from .devices import resolve_device, resolve_dtype
+        from .guidance.stable_diffusion import StableDiffusionGuidance, load_sd_components
+        device = resolve_device(g.device)
+        dtype = resolve_dtype(g.fp16, device)
+        key = f"sd {g.model} {device} {str(dtype).replace('torch.', '')}"
+        components = models.get(key, lambda: load_sd_components(g.model, device, dtype))
+        guidance = StableDiffusionGuidance(g, device, components)
         return guidance, f"sd: {g.model}"
     raise DreamsculptError(f"Unknown prior {g.prior!r}: choose one of {', '.join(PRIORS)}.")
 
 
 def generate(config: RunConfig, out_dir: Path, callbacks: Callbacks | None = None,
-             resume: bool = False) -> RunResult:
+             resume: bool = False, models: ModelCache | None = None) -> RunResult:
     """Optimise a field for `config` and write mesh.ply, mesh.glb (mesh.obj), preview.png,
-    turntable.gif and run.json into `out_dir`. A checkpoint is kept there for --resume."""
+    turntable.gif and run.json into `out_dir`. A checkpoint is kept there for --resume.
+    `models` (the job server's) keeps loaded priors for the next run."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     checkpoint = out_dir / CHECKPOINT
     if resume and not checkpoint.exists():
         raise DreamsculptError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume.")
-    guidance, description = build_guidance(config)
+    guidance, description = build_guidance(config, models)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -110,6 +119,8 @@ def generate(config: RunConfig, out_dir: Path, callbacks: Callbacks | None = Non
     if report:
         report(Progress(trainer.step_index, config.train.steps, trainer.loss_ema, time.perf_counter() - started, 0.0, "meshing"))
     mesh, threshold = extract_mesh(field, config.mesh, trainer.occupancy)
+    if report:
+        report(Progress(trainer.step_index, config.train.steps, trainer.loss_ema, time.perf_counter() - started, 0.0, "saving"))
     export_mesh(mesh, out_dir, obj=config.mesh.export_obj)
     save_preview(trainer, out_dir / "preview.png")
     save_turntable(trainer, out_dir / "turntable.gif")

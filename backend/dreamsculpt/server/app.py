@@ -1,0 +1,196 @@
+"""The HTTP API (FastAPI): routes, and the guards in front of them.
+
+Guards, outermost first: a body-size limit (413), a loopback-only check of the `Host` and
+`Origin` headers (403: no web page can drive the backend, by CSRF or DNS rebinding), then the
+bearer token on every route but `GET /health` (401).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads these annotations at run time.
+import json
+import secrets
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .. import __version__
+from .dispatcher import Busy, Dispatcher
+from .schemas import JOB_ID_PATTERN, Health, JobList, JobRequest, JobStatus, Released
+from .settings import ServerSettings, is_loopback
+from .store import DOWNLOADS
+
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id, e.g. 20261121-093512-4f2a9c.")]
+bearer = HTTPBearer(auto_error=False, description="The token `dreamsculpt token` prints.")
+MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".json": "application/json",
+               ".ply": "application/octet-stream", ".glb": "model/gltf-binary", ".obj": "model/obj"}
+
+
+def _error(code: int, message: str, headers: dict | None = None) -> Response:
+    body = json.dumps({"detail": message}).encode()
+    return Response(body, code, headers=headers, media_type="application/json")
+
+
+class Guards:
+    """Pure ASGI middleware: body size, Host and Origin. Cheap, and runs before any parsing."""
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        limit = self.settings.max_body_bytes
+        if int(headers.get("content-length", "0") or 0) > limit:
+            return await self._too_large()(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:  # chunked bodies that lied or gave no length
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._too_large()(scope, receive, send)
+
+    def _too_large(self) -> Response:
+        mib = self.settings.max_body_bytes / 2**20
+        return _error(413, f"The request body is over the {mib:g} MiB limit.")
+
+    def _refusal(self, headers: dict) -> Response | None:
+        try:
+            if "content-length" in headers:
+                int(headers["content-length"])
+        except ValueError:
+            return _error(400, "Content-Length is not a number.")
+        origin = headers.get("origin")
+        if origin is not None and not _loopback_url(origin):
+            return _error(403, f"Requests from web pages ({origin}) are refused: the Dreamsculpt backend "
+                               "only answers local programs such as the Blender add-on.")
+        if self.settings.loopback_only and not _loopback_url("http://" + headers.get("host", "")):
+            return _error(403, "The Host header does not name this machine (localhost or 127.0.0.1); "
+                               "use http://127.0.0.1:<port>.")
+        return None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _loopback_url(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return bool(host) and is_loopback(host)
+
+
+def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="Dreamsculpt", version=__version__,
+                  description="Local job server of Dreamsculpt: text or images to coloured 3D meshes. "
+                              "Every route but /health needs `Authorization: Bearer <token>` "
+                              "(`dreamsculpt token` prints it).")
+    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                                "Missing or wrong token: send 'Authorization: Bearer <token>' with the token "
+                                "that `dreamsculpt token` prints.", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authorised)]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        lines = []
+        for e in errors:
+            where = ".".join(str(part) for part in e.get("loc", ()) if part not in ("body", "path", "query"))
+            lines.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+        safe = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        return JSONResponse({"detail": safe, "message": "; ".join(lines)}, status_code=422)
+
+    def found(job: JobStatus | None, job_id: str) -> JobStatus:
+        if job is None:
+            raise HTTPException(404, f"No job {job_id}: GET /jobs lists the jobs there are.")
+        return job
+
+    @app.get("/health", response_model=Health, tags=["server"])
+    def health() -> dict:
+        """Version, device, library versions, loaded models and queue length. No token needed."""
+        return dispatcher.health()
+
+    @app.post("/jobs", response_model=JobStatus, status_code=201, dependencies=auth, tags=["jobs"])
+    def submit(request: JobRequest) -> JobStatus:
+        """Queue a job; it runs after those before it (FIFO)."""
+        try:
+            return dispatcher.submit(request)
+        except Busy as exc:
+            raise HTTPException(503, str(exc)) from exc
+
+    @app.get("/jobs", response_model=JobList, dependencies=auth, tags=["jobs"])
+    def list_jobs() -> JobList:
+        """Every job in the store, oldest first."""
+        return JobList(jobs=dispatcher.jobs())
+
+    @app.get("/jobs/{job_id}", response_model=JobStatus, dependencies=auth, tags=["jobs"])
+    def get_job(job_id: JobId) -> JobStatus:
+        return found(dispatcher.status(job_id), job_id)
+
+    @app.post("/jobs/{job_id}/cancel", response_model=JobStatus, dependencies=auth, tags=["jobs"])
+    def cancel(job_id: JobId) -> JobStatus:
+        """Stop a queued or running job (a running one stops before its next step and keeps a
+        checkpoint). Cancelling a finished job changes nothing."""
+        return found(dispatcher.cancel(job_id), job_id)
+
+    @app.delete("/jobs/{job_id}", status_code=204, dependencies=auth, tags=["jobs"])
+    def delete(job_id: JobId) -> Response:
+        """Delete a job and its files; a running job is cancelled first."""
+        try:
+            if not dispatcher.delete(job_id):
+                found(None, job_id)
+        except Busy as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return Response(status_code=204)
+
+    @app.post("/models/release", response_model=Released, dependencies=auth, tags=["server"])
+    def release() -> Released:
+        """Stop the worker process, giving the memory (VRAM) of loaded models back."""
+        try:
+            return Released(released=dispatcher.release_models())
+        except Busy as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    for name in DOWNLOADS:
+        _add_download(app, dispatcher, name, auth, found)
+    return app
+
+
+def _add_download(app: FastAPI, dispatcher: Dispatcher, name: str, auth, found) -> None:
+    suffix = name[name.rindex("."):]
+    summary = {"preview.png": "The latest preview while the job runs (then its last one)",
+               "views.png": "Front, right, back and left views of the result",
+               "run.json": "What the run did: settings, timings, mesh size"}.get(name, f"The result, {name}")
+
+    def download(job_id: JobId) -> Response:
+        job = found(dispatcher.status(job_id), job_id)
+        path = dispatcher.store.download_path(job_id, name)
+        if path is None:
+            what = "no preview yet" if name == "preview.png" else f"no {name}"
+            raise HTTPException(404, f"Job {job_id} has {what} (it is {job.status.value}).")
+        if name == "preview.png":  # small and replaced while running: send the bytes read at once
+            return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+        return FileResponse(path, media_type=MEDIA_TYPES[suffix], filename=f"{job_id}-{name}")
+
+    app.add_api_route(f"/jobs/{{job_id}}/{name}", download, methods=["GET"], dependencies=auth, tags=["files"],
+                      summary=summary, response_class=Response,
+                      responses={200: {"content": {MEDIA_TYPES[suffix]: {}}}, 404: {"description": "Not there (yet)"}})

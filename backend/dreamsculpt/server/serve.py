@@ -1,0 +1,105 @@
+"""`dreamsculpt serve`: lock the data folder, bind the port, start the queue, serve HTTP.
+
+The socket is bound here (not by uvicorn) so that a port in use is one clear line, and so
+that `--port 0` can print the port the system picked.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import logging.handlers
+import socket
+import sys
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .. import __version__
+from ..errors import DreamsculptError
+from .settings import ServerSettings, load_or_create_token, token_path
+
+LOG_FILE = "server.log"
+
+
+def setup_logging(data_dir: Path) -> None:
+    """Job events: one line each on stderr and in <data dir>/server.log (rotated at 5 MB);
+    tracebacks go to the file only."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    to_file = logging.handlers.RotatingFileHandler(data_dir / LOG_FILE, maxBytes=5_000_000, backupCount=3,
+                                                   encoding="utf-8")
+    to_stderr = logging.StreamHandler(sys.stderr)
+    for handler in (to_file, to_stderr):
+        handler.setFormatter(fmt)
+    server = logging.getLogger("dreamsculpt.server")
+    server.setLevel(logging.INFO)
+    server.handlers[:] = [to_file, to_stderr]
+    server.propagate = False
+    detail = logging.getLogger("dreamsculpt.server.detail")
+    detail.handlers[:] = [to_file]
+    detail.propagate = False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, or a DreamsculptError that says what to do."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise DreamsculptError(f"Cannot resolve --host {host}: {exc.strerror}.") from exc
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if sys.platform != "win32":  # restart at once after a crash (TIME_WAIT); on Windows it would allow stealing
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise DreamsculptError(f"Port {port} on {host} is already in use (another `dreamsculpt serve`?). "
+                                   "Stop that program, or pick another port with --port N.") from exc
+        raise DreamsculptError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+    return sock
+
+
+def serve(settings: ServerSettings) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .dispatcher import Dispatcher
+    from .store import JobStore
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DreamsculptError(f"Cannot create the data folder {settings.data_dir}: {exc.strerror}. "
+                               "Pass a writable --data-dir.") from exc
+    lock = FileLock(settings.data_dir / "server.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DreamsculptError(f"Another `dreamsculpt serve` is using {settings.data_dir}. Stop it, or "
+                               "pass another --data-dir.") from None
+    try:
+        token = load_or_create_token()
+        sock = bind(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        setup_logging(settings.data_dir)
+        store = JobStore(settings.data_dir)
+        dispatcher = Dispatcher(store, settings)
+        app = create_app(dispatcher, token, settings)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"dreamsculpt {__version__} serving on http://{shown}:{port}", flush=True)
+        print(f"token: {token_path()} (`dreamsculpt token` prints it)", flush=True)
+        print(f"jobs and log: {settings.data_dir}", flush=True)
+        dispatcher.start()
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            logging.getLogger("dreamsculpt.server").info("stopping")
+            dispatcher.stop()
+    finally:
+        lock.release()
+    return 0

@@ -1,0 +1,102 @@
+"""Where the server keeps things, which address it binds, and its access token.
+
+Folders follow the platform's conventions through platformdirs (on Linux
+`$XDG_DATA_HOME/dreamsculpt` and `$XDG_CONFIG_HOME/dreamsculpt`); `--data-dir` overrides
+the data folder. The token lives in the config folder, readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from ..errors import DreamsculptError
+
+APP_NAME = "dreamsculpt"
+DEFAULT_HOST = "127.0.0.1"
+#: The server's fixed port (the add-on's default backend URL is http://127.0.0.1:7323).
+DEFAULT_PORT = 7323
+#: Largest request body accepted (bytes); larger ones get 413.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+#: Seconds without a job after which the worker process exits and frees its models.
+DEFAULT_IDLE_RELEASE_S = 600.0
+TOKEN_FILE = "token"
+
+
+def data_dir() -> Path:
+    """Jobs and the server log: ~/.local/share/dreamsculpt on Linux (honours XDG_DATA_HOME)."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def config_dir() -> Path:
+    """The token: ~/.config/dreamsculpt on Linux (honours XDG_CONFIG_HOME)."""
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def token_path() -> Path:
+    return config_dir() / TOKEN_FILE
+
+
+def load_or_create_token(path: Path | None = None) -> str:
+    """The access token, created (32 random bytes, URL-safe) with mode 0600 the first time.
+    A token file that others can read is tightened to 0600 rather than trusted as is."""
+    path = path or token_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        elif os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o600)
+        token = path.read_text().strip()
+    except FileExistsError:  # another process created it between the check and the open
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise DreamsculptError(f"Cannot create or read the token file {path}: {exc.strerror}. "
+                               "Make its folder writable, or set XDG_CONFIG_HOME to one that is.") from exc
+    if len(token) < 16:
+        raise DreamsculptError(f"The token file {path} holds no valid token. Delete it and start "
+                               "`dreamsculpt serve` again to create a new one.")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1), with or without brackets."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServerSettings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path | None = None    # None: the platform's data folder (see data_dir())
+    allow_remote: bool = False
+    device: str = "auto"
+    idle_release_s: float = DEFAULT_IDLE_RELEASE_S
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser() if self.data_dir else data_dir()
+        if not self.allow_remote and not is_loopback(self.host):
+            raise DreamsculptError(
+                f"Refusing to listen on {self.host}: it is reachable from other machines. Use the "
+                f"default --host {DEFAULT_HOST}, or add --allow-remote (the token is still required).")
+        if not 0 <= self.port <= 65535:
+            raise DreamsculptError(f"--port must be between 0 and 65535 (got {self.port}).")
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.host)

@@ -1,0 +1,170 @@
+"""Jobs on disk: one folder per job under `<data dir>/jobs/`.
+
+    <id>/request.json   what was asked (validated), written once
+    <id>/status.json    a JobStatus, replaced atomically on every change
+    <id>/preview.png    the latest preview while running
+    <id>/out/           the engine's folder: mesh.ply/.glb/.obj, preview.png (4 views),
+                        turntable.gif, run.json, checkpoint.pt
+
+A folder appears only complete (it is written under a dot-name, then renamed) and is
+renamed away before it is deleted, so a crash at any moment leaves no half job behind.
+The store is the one owner of status files; it is used from several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..errors import DreamsculptError
+from .schemas import JOB_ID_PATTERN, JobRequest, JobResult, JobState, JobStatus, now
+
+_ID = re.compile(JOB_ID_PATTERN)
+#: Files a client may download: URL name -> path inside the job folder.
+DOWNLOADS = {
+    "preview.png": "preview.png",
+    "result.ply": "out/mesh.ply",
+    "result.glb": "out/mesh.glb",
+    "result.obj": "out/mesh.obj",
+    "views.png": "out/preview.png",
+    "turntable.gif": "out/turntable.gif",
+    "run.json": "out/run.json",
+}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class JobStore:
+    def __init__(self, root: Path):
+        self.root = Path(root) / "jobs"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DreamsculptError(f"Cannot create the job folder {self.root}: {exc.strerror}. "
+                                   "Pass a writable --data-dir.") from exc
+        self._lock = threading.RLock()
+        self._jobs: dict[str, JobStatus] = {}
+        self._next_seq = 1
+
+    # --- reading --------------------------------------------------------------------------
+    def folder(self, job_id: str) -> Path:
+        if not _ID.match(job_id):  # the API validates ids too; this guards every other caller
+            raise KeyError(job_id)
+        return self.root / job_id
+
+    def get(self, job_id: str) -> JobStatus | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.model_copy(deep=True) if job else None
+
+    def all(self) -> list[JobStatus]:
+        with self._lock:
+            return [j.model_copy(deep=True) for j in sorted(self._jobs.values(), key=lambda j: j.seq)]
+
+    def download_path(self, job_id: str, name: str) -> Path | None:
+        """The file behind GET /jobs/{id}/{name}, or None when it does not exist (yet)."""
+        if name not in DOWNLOADS or job_id not in self._jobs:
+            return None
+        path = self.folder(job_id) / DOWNLOADS[name]
+        return path if path.is_file() else None
+
+    def result_files(self, job_id: str) -> list[str]:
+        return [name for name in DOWNLOADS if name != "preview.png" and self.download_path(job_id, name)]
+
+    # --- changing -------------------------------------------------------------------------
+    def create(self, request: JobRequest, total: int) -> JobStatus:
+        """A new queued job; its folder is complete when it appears."""
+        with self._lock:
+            stamp = now()
+            while True:
+                job_id = f"{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+                if job_id not in self._jobs and not (self.root / job_id).exists():
+                    break
+            job = JobStatus(id=job_id, seq=self._next_seq, kind=request.kind, status=JobState.queued,
+                            stage="queued", total=total, created=stamp, updated=stamp, request=request)
+            self._next_seq += 1
+            staging = self.root / f".{job_id}.new"
+            staging.mkdir()
+            (staging / "out").mkdir()
+            write_atomic(staging / "request.json", request.model_dump_json(indent=2).encode())
+            write_atomic(staging / "status.json", job.model_dump_json(indent=2).encode())
+            os.replace(staging, self.root / job_id)
+            self._jobs[job_id] = job
+            return job.model_copy(deep=True)
+
+    def update(self, job_id: str, persist: bool = True, **changes) -> JobStatus | None:
+        """Change fields of a job (None if it was deleted meanwhile) and, unless `persist` is
+        False (frequent progress), write its status file."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            for key, value in changes.items():
+                setattr(job, key, value)
+            job.updated = now()
+            if persist:
+                self.persist(job_id)
+            return job.model_copy(deep=True)
+
+    def persist(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                write_atomic(self.folder(job_id) / "status.json", job.model_dump_json(indent=2).encode())
+
+    def finish(self, job_id: str, state: JobState, error: str | None = None,
+               result: JobResult | None = None) -> JobStatus | None:
+        stage = {JobState.done: "done", JobState.failed: "failed", JobState.cancelled: "cancelled"}.get(state, state.value)
+        finished = now() if state.finished else None
+        return self.update(job_id, status=state, stage=stage, error=error, result=result, finished=finished,
+                           eta_s=0.0 if state is JobState.done else None)
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            if self._jobs.pop(job_id, None) is None:
+                return False
+            doomed = self.root / f".{job_id}.deleted"
+            os.replace(self.folder(job_id), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
+    # --- start-up ---------------------------------------------------------------------------
+    def load(self) -> list[str]:
+        """Read every job folder; returns warnings about folders that could not be read.
+        Leftovers of a crash mid-create or mid-delete are removed."""
+        warnings = []
+        for path in sorted(self.root.iterdir()):
+            if path.name.startswith("."):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                continue
+            if not (path.is_dir() and _ID.match(path.name)):
+                continue
+            try:
+                job = JobStatus.model_validate_json((path / "status.json").read_bytes())
+            except (OSError, ValidationError, ValueError) as exc:
+                warnings.append(f"skipped {path}: unreadable status.json ({str(exc).splitlines()[0]})")
+                continue
+            self._jobs[job.id] = job
+        self._next_seq = max((j.seq for j in self._jobs.values()), default=0) + 1
+        return warnings
+
+    def unfinished(self) -> list[JobStatus]:
+        """Jobs to run, in submission order: queued ones, and those a stop interrupted."""
+        return [j for j in self.all() if not j.status.finished]
+
+
+def dump_json(data: dict) -> bytes:
+    return json.dumps(data, indent=2).encode()
