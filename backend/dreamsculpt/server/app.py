@@ -49,20 +49,28 @@ class Guards:
         limit = self.settings.max_body_bytes
         if int(headers.get("content-length", "0") or 0) > limit:
             return await self._too_large()(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
+        if "content-length" in headers:  # h11 holds the client to the length it declared
+            return await self.app(scope, receive, send)
+        # No length (chunked): read the body here, counting, then hand it on whole.
+        body, more = bytearray(), True
+        while more:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:  # chunked bodies that lied or gave no length
-                raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await self._too_large()(scope, receive, send)
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._too_large()(scope, receive, send)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     def _too_large(self) -> Response:
         mib = self.settings.max_body_bytes / 2**20
@@ -84,10 +92,6 @@ class Guards:
         return None
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def _loopback_url(url: str) -> bool:
     try:
         host = urlsplit(url).hostname
@@ -100,7 +104,9 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
     app = FastAPI(title="Dreamsculpt", version=__version__,
                   description="Local job server of Dreamsculpt: text or images to coloured 3D meshes. "
                               "Every route but /health needs `Authorization: Bearer <token>` "
-                              "(`dreamsculpt token` prints it).")
+                              "(`dreamsculpt token` prints it).",
+                  # The schema needs the token like everything else; no /docs (it loads from a CDN).
+                  openapi_url=None, docs_url=None, redoc_url=None)
     def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED,
@@ -123,6 +129,10 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
         if job is None:
             raise HTTPException(404, f"No job {job_id}: GET /jobs lists the jobs there are.")
         return job
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/health", response_model=Health, tags=["server"])
     def health() -> dict:
@@ -172,6 +182,7 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
 
     for name in DOWNLOADS:
         _add_download(app, dispatcher, name, auth, found)
+    app.add_middleware(Guards, settings=settings)
     return app
 
 
