@@ -98,7 +98,7 @@ class ServerProcess:
 
 
 def wait_job(client: httpx.Client, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120.0,
-             until=None) -> dict:
+             until=None, poll_s: float = 0.1) -> dict:
     """Poll GET /jobs/{id} until its status is in `states` (or `until(job)` holds)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -107,4 +107,4 @@ def wait_job(client: httpx.Client, job_id: str, states=("done", "failed", "cance
             return job
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job['status']} at step {job['step']}: {job}")
-        time.sleep(0.1)
+        time.sleep(poll_s)

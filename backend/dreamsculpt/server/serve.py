@@ -6,9 +6,11 @@ that `--port 0` can print the port the system picked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import logging.handlers
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -62,6 +64,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM once it has shut down, which would end the process
+        before the queue has stopped; here the signal only starts the shutdown, and `serve`
+        then stops the queue (the running job saves a checkpoint) and returns."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            signals = [signal.SIGINT, signal.SIGTERM]
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def serve(settings: ServerSettings) -> int:
     import uvicorn
 
@@ -96,7 +119,7 @@ def serve(settings: ServerSettings) -> int:
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5)
         try:
-            uvicorn.Server(config).run(sockets=[sock])
+            _server_class()(config).run(sockets=[sock])
         finally:
             logging.getLogger("dreamsculpt.server").info("stopping")
             dispatcher.stop()
