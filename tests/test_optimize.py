@@ -175,7 +175,7 @@ def test_progress_reports_step_total_and_eta():
     reports: list[Progress] = []
     previews: list[tuple[int, torch.Tensor]] = []
     config = tiny_config()
-    config.train.preview_every = 3
+    config.train.preview_every, config.train.preview_size = 3, 24
     t = trainer(config, Callbacks(on_progress=reports.append, on_preview=lambda s, im: previews.append((s, im))))
     t.run()
     assert [p.step for p in reports] == list(range(1, STEPS + 1))
@@ -186,7 +186,7 @@ def test_progress_reports_step_total_and_eta():
     assert elapsed == sorted(elapsed) and elapsed[0] > 0
     assert all(p.loss == p.loss and p.loss >= 0 for p in reports)  # not NaN
     assert [s for s, _ in previews] == [3, 6]
-    assert all(im.shape == (3, 16, 16) and 0 <= im.min() and im.max() <= 1 for _, im in previews)
+    assert all(im.shape == (3, 24, 24) and 0 <= im.min() and im.max() <= 1 for _, im in previews)
 
 
 # --- Stable Diffusion, loaded as --model PATH loads it -----------------------------------------

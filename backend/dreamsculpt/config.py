@@ -84,6 +84,7 @@ class TrainConfig:
     lambda_sparsity: float = 0.0
     checkpoint_every: int = 250
     preview_every: int = 50
+    preview_size: int = 128          # pixels of the live preview (on_preview); costs ~1 step per 50
 
 
 @dataclass

@@ -170,13 +170,14 @@ class Trainer:
         return self.field
 
     @torch.no_grad()
-    def preview_image(self, azimuth: float | None = None) -> torch.Tensor:
-        """[3, S, S] render of the current field from a camera that turns as the run goes."""
+    def preview_image(self, azimuth: float | None = None, size: int | None = None) -> torch.Tensor:
+        """[3, S, S] render of the current field from a camera that turns as the run goes;
+        S = `size`, else train.preview_size."""
         az = -90.0 + 360.0 * self.step_index / max(self.config.train.steps, 1) if azimuth is None else azimuth
         cam = Cameras.from_orbit(az, 20.0, sum(self.config.camera.distance) / 2,
                                  sum(self.config.camera.fov_deg) / 2).to(self.device)
         bg = Background("white") if self.background.mode == "random" else self.background
-        return render(self.field, cam, self.config.render.resolution, self.config.render.samples_per_ray,
+        return render(self.field, cam, size or self.config.train.preview_size, self.config.render.samples_per_ray,
                       self.occupancy, bg).rgb[0].clamp(0, 1).cpu()
 
     def state_dict(self) -> dict:

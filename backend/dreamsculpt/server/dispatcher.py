@@ -237,8 +237,9 @@ class Dispatcher:
                 continue
             try:
                 self._run(job_id)
-            except Exception:  # noqa: BLE001 - a bug here must not stop the queue
-                log.exception("job %s: dispatcher error", job_id)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not stop the queue
+                log.error("job %s: internal error in the dispatcher: %r (traceback in the log file)", job_id, exc)
+                detail.exception("job %s: dispatcher error", job_id)
                 self.store.finish(job_id, JobState.failed, "Internal server error; see the server log.")
             with self._cond:
                 self._running, self._stop_reason = None, None

@@ -45,7 +45,7 @@ def _write_png(image, path: Path) -> None:
 
     array = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array).resize((max(array.shape[0], 128),) * 2, Image.NEAREST).save(buffer, "PNG")
+    Image.fromarray(array).save(buffer, "PNG")
     write_atomic(path, buffer.getvalue())
 
 
