@@ -104,7 +104,8 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
     app = FastAPI(title="Dreamsculpt", version=__version__,
                   description="Local job server of Dreamsculpt: text or images to coloured 3D meshes. "
                               "Every route but /health needs `Authorization: Bearer <token>` "
-                              "(`dreamsculpt token` prints it). Request bodies are limited to 16 MiB (413).",
+                              "(`dreamsculpt token` prints it). Request bodies are limited to "
+                              f"{settings.max_body_bytes / 2**20:g} MiB (413).",
                   # The schema needs the token like everything else; no /docs (it loads from a CDN).
                   openapi_url=None, docs_url=None, redoc_url=None)
     def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
