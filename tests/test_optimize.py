@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import time
+
 import pytest
+
 import torch
 
 from dreamsculpt.config import RunConfig
@@ -171,11 +174,27 @@ def test_nan_guidance_stops_with_a_clear_error():
     assert t.step_index == 0
 
 
+def test_slow_previews_are_spaced_to_their_time_budget():
+    """A preview far costlier than a step is not rendered at every due step; the last one is."""
+    config = tiny_config(steps=30)
+    config.train.preview_every, config.train.preview_size, config.train.preview_budget = 1, 160, 0.05
+    steps_seen = []
+
+    def slow_preview(step, image):
+        steps_seen.append(step)
+        time.sleep(0.05)   # on top of the render: a preview worth many 16 px steps
+
+    trainer(config, Callbacks(on_preview=slow_preview)).run()
+    assert steps_seen[-1] == 30 and steps_seen[0] == 1
+    assert len(steps_seen) < 10
+
+
 def test_progress_reports_step_total_and_eta():
     reports: list[Progress] = []
     previews: list[tuple[int, torch.Tensor]] = []
     config = tiny_config()
     config.train.preview_every, config.train.preview_size = 3, 24
+    config.train.preview_budget = 1.0   # every due preview, however slow
     t = trainer(config, Callbacks(on_progress=reports.append, on_preview=lambda s, im: previews.append((s, im))))
     t.run()
     assert [p.step for p in reports] == list(range(1, STEPS + 1))

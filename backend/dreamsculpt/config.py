@@ -84,7 +84,8 @@ class TrainConfig:
     lambda_sparsity: float = 0.0
     checkpoint_every: int = 250
     preview_every: int = 50
-    preview_size: int = 128          # pixels of the live preview (on_preview); costs ~1 step per 50
+    preview_size: int = 128          # pixels of the live preview (on_preview)
+    preview_budget: float = 0.05     # largest share of the run's time that previews may take
 
 
 @dataclass

@@ -152,6 +152,7 @@ class Trainer:
         total = self.config.train.steps
         start, first = time.perf_counter(), self.step_index
         every = self.config.train
+        preview_seconds = 0.0
         while self.step_index < total:
             if self.callbacks.should_cancel and self.callbacks.should_cancel():
                 self.save_checkpoint()
@@ -163,8 +164,13 @@ class Trainer:
             eta = elapsed / (self.step_index - first) * (total - self.step_index)
             if self.callbacks.on_progress:
                 self.callbacks.on_progress(Progress(self.step_index, total, self.loss_ema, elapsed, eta))
-            if self.callbacks.on_preview and (self.step_index % every.preview_every == 0 or self.step_index == total):
+            # A preview is due every preview_every steps, unless previews already took more than
+            # their share of the time (a 128 px render costs ~8 CPU steps); the last always comes.
+            due = self.step_index % every.preview_every == 0 and preview_seconds <= every.preview_budget * elapsed
+            if self.callbacks.on_preview and (due or self.step_index == total):
+                tick = time.perf_counter()
                 self.callbacks.on_preview(self.step_index, self.preview_image())
+                preview_seconds += time.perf_counter() - tick
             if every.checkpoint_every and self.step_index % every.checkpoint_every == 0 and self.step_index < total:
                 self.save_checkpoint()
         return self.field
