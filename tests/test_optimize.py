@@ -4,12 +4,10 @@ NaNs, reporting progress; and one real step through Stable Diffusion loaded the 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-import time
-
 import pytest
-
 import torch
 
 from dreamsculpt.config import RunConfig

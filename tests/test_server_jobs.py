@@ -120,6 +120,27 @@ def test_job_events_are_logged_one_line_each(api, server):
             ["queued", "started", "done"]
 
 
+def test_models_are_loaded_once_and_kept(api, server):
+    for seed in (1, 2):
+        assert wait_job(api, api.post("/jobs", json=tiny_job(seed=seed)).json()["id"])["status"] == "done"
+    loads = [line for line in server.stderr().splitlines() if "loaded builtin shapes 32 px" in line]
+    assert len(loads) == 1, loads
+    assert api.get("/health").json()["models"] == ["builtin shapes 32 px"]
+
+
+def test_idle_worker_is_stopped_and_comes_back(tmp_path):
+    server = ServerProcess(tmp_path, "--idle-release", "1").start()
+    try:
+        with server.client() as api:
+            assert wait_job(api, api.post("/jobs", json=tiny_job()).json()["id"])["status"] == "done"
+            health = server.wait_health(lambda h: h["worker"] == "stopped", timeout=30)
+            assert health["worker"] == "stopped" and health["models"] == []
+            assert wait_job(api, api.post("/jobs", json=tiny_job()).json()["id"])["status"] == "done"
+        assert "idle for" in server.stderr() and "released builtin shapes 32 px" in server.stderr()
+    finally:
+        server.stop()
+
+
 def test_fifty_jobs_at_once_all_run_in_order(api):
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(lambda i: api.post("/jobs", json=tiny_job(steps=1, seed=i)), range(50)))

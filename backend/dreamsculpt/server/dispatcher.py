@@ -367,6 +367,10 @@ class _JobRun:
         elif kind == "models":
             with self.d._cond:
                 self.d.models = list(message[1])
+        elif kind == "loaded":
+            with self.d._cond:
+                self.d.models.append(message[1])
+            log.info("job %s: loaded %s in %.1f s (kept for the next jobs)", job_id, message[1], message[2])
         elif kind == "done":
             r = message[2]
             result = JobResult(**r, files=store.result_files(job_id))

@@ -8,7 +8,7 @@ every byte of (V)RAM back. Messages over a multiprocessing Pipe:
     worker -> server   ("hello", info) | ("started", job_id) | ("progress", job_id, dict)
                        | ("preview", job_id, step) | ("done", job_id, result_dict)
                        | ("failed", job_id, message, traceback_or_None) | ("cancelled", job_id)
-                       | ("models", names)
+                       | ("loaded", name, seconds) | ("models", names)
 
 Cancellation is a shared Event that the optimisation loop checks before every step.
 The worker dies with the server (PR_SET_PDEATHSIG on Linux, a parent check elsewhere).
@@ -120,7 +120,7 @@ def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us cleanly
     from ..models import ModelCache
 
-    models = ModelCache()
+    models = ModelCache(on_load=lambda name, seconds: conn.send(("loaded", name, seconds)))
     conn.send(("hello", _device_info(device)))
     while True:
         try:
