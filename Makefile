@@ -25,3 +25,4 @@ bench: venv
 	$(VENV)/bin/python bench/bench_encodings.py
 	$(VENV)/bin/python bench/bench_step.py
 	$(VENV)/bin/python bench/bench_shapes.py
+	$(VENV)/bin/python bench/bench_server.py

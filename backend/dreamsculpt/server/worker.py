@@ -50,7 +50,6 @@ def _write_png(image, path: Path) -> None:
 
 
 def _device_info(device: str) -> dict:
-    import diffusers
     import torch
 
     from ..devices import resolve_device
@@ -63,7 +62,7 @@ def _device_info(device: str) -> dict:
             name = f"{resolved} ({torch.cuda.get_device_name(resolved)})"
     except DreamsculptError as exc:
         name = f"unavailable: {exc}"
-    return {"device": name, "torch": torch.__version__, "diffusers": diffusers.__version__}
+    return {"device": name, "torch": torch.__version__}
 
 
 def run_job(conn, cancel, models, job_id: str, config_dict: dict, folder: str, resume: bool,
@@ -122,6 +121,7 @@ def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
 
     models = ModelCache(on_load=lambda name, seconds: conn.send(("loaded", name, seconds)))
     conn.send(("hello", _device_info(device)))
+    from .. import pipeline  # noqa: F401 - imported while idle, so the first job starts at once
     while True:
         try:
             message = conn.recv()
