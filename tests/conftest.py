@@ -39,3 +39,20 @@ def tiny_sd_path(tmp_path_factory) -> str:
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")
 
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    """A real `dreamsculpt serve` process shared by one test module (see server_harness.py)."""
+    from server_harness import ServerProcess
+
+    srv = ServerProcess(tmp_path_factory.mktemp(request.module.__name__)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api(server):
+    """An HTTP client of `server` that sends its token."""
+    with server.client() as client:
+        yield client

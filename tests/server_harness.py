@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 
-#: A job small enough for CI: built-in prior, 32 px renders, a few steps, a coarse mesh.
+
 def tiny_job(prompt: str = "a red cube", steps: int = 5, **extra) -> dict:
+    """A job small enough for CI: built-in prior, 32 px renders, a few steps, a coarse mesh
+    at a fixed threshold (the automatic one costs ~2 s)."""
     mesh = {"resolution": 32, "threshold": 1.0}
     mesh.update(extra.pop("mesh", {}))
     return {"kind": "text_to_3d", "prompt": prompt, "prior": "builtin", "preset": "preview", "steps": steps,

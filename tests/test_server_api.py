@@ -18,20 +18,6 @@ AUTH_ROUTES = [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/20261121-0935
                ("DELETE", "/jobs/20261121-093512-4f2a9c"), ("POST", "/models/release"), ("GET", "/openapi.json")]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    # Long idle release: the worker keeps running between these tests.
-    srv = ServerProcess(tmp_path_factory.mktemp("server-api")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def api(server):
-    with server.client() as client:
-        yield client
-
-
 def test_health_needs_no_token_and_says_what_runs(server):
     health = server.wait_health(lambda h: h["device"] is not None)
     assert health["status"] == "ok" and health["version"]

@@ -4,7 +4,6 @@ queue order, and a server killed mid-job. Built-in prior at CI size (see tiny_jo
 from __future__ import annotations
 
 import io
-import os
 import signal
 import sys
 import time
@@ -16,19 +15,6 @@ import pytest
 import trimesh
 from PIL import Image
 from server_harness import ServerProcess, tiny_job, wait_job
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server-jobs")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def api(server):
-    with server.client() as client:
-        yield client
 
 
 def _time(stamp: str) -> datetime:
@@ -47,7 +33,8 @@ def test_submit_poll_download(api, server):
     assert job["step"] == job["total"] == 60 and job["stage"] == "done" and job["error"] is None
     assert _time(job["created"]) <= _time(job["started"]) <= _time(job["finished"])
     assert job["preview_step"] == 60 and job["result"]["faces"] > 100
-    assert {"result.ply", "result.glb", "result.obj", "views.png", "turntable.gif", "run.json"} <= set(job["result"]["files"])
+    files = {"result.ply", "result.glb", "result.obj", "views.png", "turntable.gif", "run.json"}
+    assert files <= set(job["result"]["files"])
 
     ply = api.get(f"/jobs/{job['id']}/result.ply")
     assert ply.status_code == 200

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .cameras import Cameras, generate_rays, ray_box_intersect
 from .fields import OccupancyGrid, TriplaneField

@@ -359,7 +359,8 @@ class _JobRun:
                 log.info("job %s resumed from its checkpoint at step %d", job_id, p["step"] - 1)
             now = time.monotonic()
             job = store.get(job_id)
-            persist = now - self.last_persist > PERSIST_EVERY_S or (job is not None and job.stage != changes.get("stage", job.stage))
+            stage_changed = job is not None and job.stage != changes.get("stage", job.stage)
+            persist = now - self.last_persist > PERSIST_EVERY_S or stage_changed
             store.update(job_id, persist=persist, **changes)
             self.last_persist = now if persist else self.last_persist
         elif kind == "preview":

@@ -55,7 +55,8 @@ class TextTo3DRequest(BaseModel):
     preset: Literal[tuple(PRESETS)] = "standard"  # type: ignore[valid-type]
     steps: int | None = Field(None, ge=LIMITS["steps"][0], le=LIMITS["steps"][1],
                               description="Optimisation steps (default: the preset's).")
-    guidance_scale: float | None = Field(None, gt=0, le=1000, description="Classifier-free guidance (default: the prior's).")
+    guidance_scale: float | None = Field(None, gt=0, le=1000,
+                                         description="Classifier-free guidance (default: the prior's).")
     resolution: int | None = Field(None, ge=LIMITS["resolution"][0], le=LIMITS["resolution"][1],
                                    description="Render size during optimisation (default: the preset's).")
     fp16: bool = Field(False, description="Half precision for the diffusion model (CUDA only).")

@@ -13,7 +13,6 @@ The store is the one owner of status files; it is used from several threads.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -127,7 +126,7 @@ class JobStore:
 
     def finish(self, job_id: str, state: JobState, error: str | None = None,
                result: JobResult | None = None) -> JobStatus | None:
-        stage = {JobState.done: "done", JobState.failed: "failed", JobState.cancelled: "cancelled"}.get(state, state.value)
+        stage = state.value   # a finished job's stage is its status
         finished = now() if state.finished else None
         return self.update(job_id, status=state, stage=stage, error=error, result=result, finished=finished,
                            eta_s=0.0 if state is JobState.done else None)
@@ -164,7 +163,3 @@ class JobStore:
     def unfinished(self) -> list[JobStatus]:
         """Jobs to run, in submission order: queued ones, and those a stop interrupted."""
         return [j for j in self.all() if not j.status.finished]
-
-
-def dump_json(data: dict) -> bytes:
-    return json.dumps(data, indent=2).encode()
