@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dreamsculpt-installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml VERSION
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -e ".[test]"
 	touch $(STAMP)

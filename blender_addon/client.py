@@ -1,0 +1,171 @@
+"""Talking to the Dreamsculpt job server over HTTP (urllib). No `bpy` here: this module is
+unit-tested without Blender, and everything it raises carries a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_URL = "http://127.0.0.1:7323"
+
+
+class BackendError(Exception):
+    """Something the artist can fix; str() says how."""
+
+
+class BackendDown(BackendError):
+    pass
+
+
+class WrongToken(BackendError):
+    pass
+
+
+class Rejected(BackendError):
+    """The server refused the request (a bad option, an unknown job...)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def is_loopback_url(url: str) -> bool:
+    try:
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_token_path() -> Path:
+    """Where `dreamsculpt serve` keeps its token on this machine (platformdirs' user config
+    folder for "dreamsculpt", rewritten here because the add-on may use only the stdlib)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "dreamsculpt" / "token"
+
+
+def read_local_token() -> str:
+    try:
+        return local_token_path().read_text().strip()
+    except OSError:
+        return ""
+
+
+def compatible(addon_version: str, backend_version: str) -> bool:
+    """Same major and minor version: the API is the same."""
+    return addon_version.split(".")[:2] == backend_version.split(".")[:2]
+
+
+@dataclass
+class BackendState:
+    """What the panel's backend box shows."""
+
+    kind: str                     # connected | not_running | wrong_token | version_mismatch | offline | error
+    message: str = ""
+    health: dict = field(default_factory=dict)
+
+    @property
+    def connected(self) -> bool:
+        return self.kind == "connected"
+
+
+class Client:
+    def __init__(self, url: str = DEFAULT_URL, token: str = "", timeout: float = 10.0):
+        self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+
+    def _request(self, method: str, path: str, body: dict | None = None, auth: bool = True,
+                 timeout: float | None = None) -> bytes:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as reply:
+                return reply.read()
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(exc) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BackendDown(f"The Dreamsculpt backend at {self.url} is not answering ({reason}). Start it with "
+                              "the 'Start backend' button, or run `dreamsculpt serve` in a terminal.") from None
+
+    def _http_error(self, exc: urllib.error.HTTPError) -> BackendError:
+        try:
+            payload = json.loads(exc.read() or b"{}")
+        except ValueError:
+            payload = {}
+        detail = payload.get("message") or payload.get("detail") or exc.reason
+        if not isinstance(detail, str):
+            detail = json.dumps(detail)
+        if exc.code == 401:
+            return WrongToken("The backend refused the token. Paste the output of `dreamsculpt token` into the "
+                              "add-on's preferences (or leave it empty to read the local token file).")
+        return Rejected(f"The backend refused the request ({exc.code}): {detail}", exc.code)
+
+    def _json(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+        return json.loads(self._request(method, path, body, auth))
+
+    # --- the API ---------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._json("GET", "/health", auth=False)
+
+    def jobs(self) -> list[dict]:
+        return self._json("GET", "/jobs")["jobs"]
+
+    def submit(self, body: dict) -> dict:
+        return self._json("POST", "/jobs", body)
+
+    def job(self, job_id: str) -> dict:
+        return self._json("GET", f"/jobs/{urllib.parse.quote(job_id)}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._json("POST", f"/jobs/{urllib.parse.quote(job_id)}/cancel")
+
+    def delete(self, job_id: str) -> None:
+        self._request("DELETE", f"/jobs/{urllib.parse.quote(job_id)}")
+
+    def download(self, job_id: str, name: str) -> bytes:
+        return self._request("GET", f"/jobs/{urllib.parse.quote(job_id)}/{name}", timeout=max(self.timeout, 60))
+
+    def state(self, addon_version: str) -> BackendState:
+        """Which of the panel's backend states holds now (two requests; call it off the UI thread)."""
+        try:
+            health = self.health()
+        except BackendDown as exc:
+            return BackendState("not_running", str(exc))
+        except BackendError as exc:
+            return BackendState("error", str(exc))
+        if not compatible(addon_version, health.get("version", "")):
+            return BackendState("version_mismatch",
+                                f"The backend is version {health.get('version')} and this add-on {addon_version}: "
+                                "install the same version of both (pip install -U dreamsculpt, and the add-on "
+                                "zip built with it).", health)
+        try:
+            self._request("GET", "/jobs/00000000-000000-000000")  # cheapest authenticated call: 404
+        except WrongToken as exc:
+            return BackendState("wrong_token", str(exc), health)
+        except Rejected:
+            pass
+        except BackendError as exc:
+            return BackendState("error", str(exc), health)
+        return BackendState("connected", "", health)

@@ -1,0 +1,180 @@
+"""The sidebar (3D Viewport > N > Dreamsculpt). draw() never touches the network: it shows
+what the background threads last found, and asks them to look again."""
+
+from __future__ import annotations
+
+import bpy
+import bpy.utils.previews
+
+from . import backend_process
+from .operators import MONITOR, WATCHERS
+
+_previews = None   # bpy.utils.previews collection of live job previews
+_shown: dict[str, int] = {}   # job id -> preview version loaded
+
+
+def show_preview(scene, job_id: str, path: str, version: int) -> None:
+    """Load a new live preview picture (main thread, from the poll timer)."""
+    if _previews is None or _shown.get(job_id) == version:
+        return
+    _previews.load(job_id, path, "IMAGE", force_reload=True)
+    _shown[job_id] = version
+    scene.dreamsculpt.preview_image = job_id
+
+
+BACKEND_STATES = {
+    "checking": ("TIME", "Checking the backend…"),
+    "connected": ("CHECKMARK", "Backend connected"),
+    "not_running": ("ERROR", "Backend not running"),
+    "wrong_token": ("LOCKED", "Wrong token"),
+    "version_mismatch": ("ERROR", "Version mismatch"),
+    "offline": ("ERROR", "Online access is off"),
+    "error": ("ERROR", "Backend error"),
+}
+
+
+def _wrapped(layout, text: str, width: int = 42) -> None:
+    line = ""
+    for word in text.split():
+        if len(line) + len(word) + 1 > width and line:
+            layout.label(text=line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        layout.label(text=line)
+
+
+def draw_backend(layout, state) -> None:
+    box = layout.box()
+    icon, title = BACKEND_STATES.get(state.kind, ("QUESTION", state.kind))
+    row = box.row()
+    row.label(text=title, icon=icon)
+    row.operator("dreamsculpt.refresh_backend", text="", icon="FILE_REFRESH")
+    if state.kind == "connected":
+        health = state.health
+        box.label(text=f"{health.get('device') or 'device unknown'} · queue {health.get('queue', 0)}")
+        models = health.get("models") or []
+        box.label(text="Models: " + (", ".join(models) if models else "none loaded yet"))
+        return
+    col = box.column(align=True)
+    _wrapped(col, state.message)
+    if state.kind == "not_running":
+        if backend_process.running():
+            col.label(text="Starting…", icon="TIME")
+        else:
+            box.operator("dreamsculpt.start_backend", icon="PLAY")
+    elif state.kind == "wrong_token":
+        box.operator("preferences.addon_show", text="Open Preferences", icon="PREFERENCES").module = __package__
+
+
+class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
+    bl_space_type, bl_region_type, bl_category = "VIEW_3D", "UI", "Dreamsculpt"
+    bl_label = "Dreamsculpt"
+
+    def draw(self, context):
+        layout, s = self.layout, context.scene.dreamsculpt
+        MONITOR.refresh()
+        draw_backend(layout, MONITOR.state)
+        col = layout.column()
+        col.prop(s, "prompt", text="")
+        if s.prior == "sd":
+            col.prop(s, "negative", text="", placeholder="Negative prompt")
+        col.prop(s, "prior")
+        if s.prior == "sd":
+            col.prop(s, "model")
+        elif s.prior == "references":
+            col.prop(s, "references")
+        row = col.row(align=True)
+        row.prop(s, "seed")
+        row.operator("dreamsculpt.randomize_seed", text="", icon="FILE_REFRESH")
+        col.prop(s, "preset")
+        running = bool(s.job_id) and s.job_id in WATCHERS
+        if running:
+            self.draw_progress(layout, s)
+        else:
+            row = layout.row()
+            row.scale_y = 1.5
+            row.enabled = MONITOR.state.connected
+            row.operator("dreamsculpt.generate", icon="SHADERFX")
+        if s.last_error:
+            box = layout.box()
+            box.alert = True
+            _wrapped(box.column(align=True), s.last_error)
+
+    def draw_progress(self, layout, s) -> None:
+        total = max(s.job_total, 1)
+        eta = f" · ETA {s.job_eta:.0f} s" if s.job_eta > 0 else ""
+        text = f"{s.job_stage or s.job_status} {s.job_step}/{s.job_total}{eta}"
+        layout.progress(factor=min(s.job_step / total, 1.0), type="BAR", text=text)
+        if _previews is not None and s.preview_image in _previews:
+            layout.template_icon(icon_value=_previews[s.preview_image].icon_id, scale=8.0)
+        layout.operator("dreamsculpt.cancel", icon="CANCEL")
+
+
+class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
+    bl_space_type, bl_region_type, bl_category = "VIEW_3D", "UI", "Dreamsculpt"
+    bl_label, bl_parent_id, bl_options = "Advanced", "VIEW3D_PT_dreamsculpt", {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.dreamsculpt
+        col = self.layout.column()
+        col.prop(s, "steps")
+        col.prop(s, "guidance_scale")
+        col.prop(s, "mesh_resolution")
+        col.prop(s, "threshold")
+        col.prop(s, "replace_previous")
+
+
+class DREAMSCULPT_UL_history(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        icons = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "X", "running": "TIME", "queued": "SORTTIME"}
+        row = layout.row(align=True)
+        row.label(text=item.prompt or "(no prompt)", icon=icons.get(item.status, "QUESTION"))
+        row.label(text=f"seed {item.seed} · {item.created[-5:]}")
+
+
+class VIEW3D_PT_dreamsculpt_history(bpy.types.Panel):
+    bl_space_type, bl_region_type, bl_category = "VIEW_3D", "UI", "Dreamsculpt"
+    bl_label, bl_parent_id = "History", "VIEW3D_PT_dreamsculpt"
+
+    def draw(self, context):
+        s, layout = context.scene.dreamsculpt, self.layout
+        layout.template_list("DREAMSCULPT_UL_history", "", s, "history", s, "history_index", rows=4)
+        if not 0 <= s.history_index < len(s.history):
+            return
+        entry = s.history[s.history_index]
+        col = layout.column(align=True)
+        col.label(text=f"{entry.status} · {entry.prior} · {entry.preset} · job {entry.job_id}")
+        if entry.error:
+            _wrapped(col, entry.error)
+        row = layout.row(align=True)
+        row.operator("dreamsculpt.history_import", icon="IMPORT").index = s.history_index
+        row.operator("dreamsculpt.history_copy_prompt", icon="GREASEPENCIL").index = s.history_index
+        row = layout.row(align=True)
+        op = row.operator("dreamsculpt.history_rerun", text="Same Seed", icon="LOOP_BACK")
+        op.index, op.new_seed = s.history_index, False
+        op = row.operator("dreamsculpt.history_rerun", text="New Seed", icon="FILE_REFRESH")
+        op.index, op.new_seed = s.history_index, True
+        layout.operator("dreamsculpt.history_delete", icon="TRASH").index = s.history_index
+
+
+CLASSES = (VIEW3D_PT_dreamsculpt, VIEW3D_PT_dreamsculpt_advanced, DREAMSCULPT_UL_history,
+           VIEW3D_PT_dreamsculpt_history)
+
+
+def register() -> None:
+    global _previews
+    _previews = bpy.utils.previews.new()
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    global _previews
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
+    if _previews is not None:
+        bpy.utils.previews.remove(_previews)
+        _previews = None
+    _shown.clear()

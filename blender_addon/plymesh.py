@@ -1,0 +1,141 @@
+"""Reading the backend's mesh.ply into flat arrays Blender's `foreach_set` takes. No `bpy`:
+this runs on the add-on's download thread, so the main thread only copies arrays.
+
+Supports binary little-endian and ASCII PLY with float vertex positions, optional uchar or
+float colours, and triangle faces (what the backend writes; other polygons are refused).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from dataclasses import dataclass
+
+_SCALAR = {"char": "b", "int8": "b", "uchar": "B", "uint8": "B", "short": "h", "int16": "h", "ushort": "H",
+           "uint16": "H", "int": "i", "int32": "i", "uint": "I", "uint32": "I", "float": "f", "float32": "f",
+           "double": "d", "float64": "d"}
+
+
+class PlyError(ValueError):
+    pass
+
+
+@dataclass
+class MeshArrays:
+    positions: array    # 'f', 3 per vertex (x, y, z; Z up, Blender's frame)
+    triangles: array    # 'i', 3 vertex indices per face
+    colors: array       # 'f', 4 per vertex (RGBA in [0, 1]); empty without colours
+
+    @property
+    def vertex_count(self) -> int:
+        return len(self.positions) // 3
+
+    @property
+    def face_count(self) -> int:
+        return len(self.triangles) // 3
+
+
+def _header(data: bytes) -> tuple[str, list, int]:
+    end = data.find(b"end_header")
+    if not data.startswith(b"ply") or end < 0:
+        raise PlyError("not a PLY file")
+    body = data.index(b"\n", end) + 1
+    fmt, elements = "", []
+    for line in data[:end].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "format":
+            fmt = words[1]
+        elif words[0] == "element":
+            elements.append((words[1], int(words[2]), []))
+        elif words[0] == "property" and elements:
+            elements[-1][2].append(words[1:])
+    return fmt, elements, body
+
+
+def read_ply(data: bytes) -> MeshArrays:
+    fmt, elements, offset = _header(data)
+    if fmt not in ("binary_little_endian", "ascii"):
+        raise PlyError(f"PLY format {fmt!r} is not supported")
+    if fmt == "ascii":
+        return _read_ascii(data[offset:].decode("ascii").split(), elements)
+    positions, colors, triangles = array("f"), array("f"), array("i")
+    for name, count, props in elements:
+        if name == "vertex":
+            offset = _read_vertices(data, offset, count, props, positions, colors)
+        elif name == "face":
+            offset = _read_faces(data, offset, count, props, triangles)
+        else:
+            if any(p[0] == "list" for p in props):
+                raise PlyError(f"cannot skip list element {name!r}")
+            offset += count * struct.calcsize("<" + "".join(_SCALAR[p[0]] for p in props))
+    return MeshArrays(positions, triangles, colors)
+
+
+def _read_vertices(data, offset, count, props, positions, colors) -> int:
+    if any(p[0] == "list" for p in props):
+        raise PlyError("list properties on vertices are not supported")
+    names = [p[1] for p in props]
+    record = struct.Struct("<" + "".join(_SCALAR[p[0]] for p in props))
+    size = record.size * count
+    columns = list(zip(*record.iter_unpack(data[offset:offset + size]))) if count else [[] for _ in names]
+    if not all(axis in names for axis in "xyz"):
+        raise PlyError("vertices have no x, y, z")
+    x, y, z = (columns[names.index(axis)] for axis in "xyz")
+    positions.extend(v for xyz in zip(x, y, z) for v in xyz)
+    if all(c in names for c in ("red", "green", "blue")):
+        scale = 255.0 if props[names.index("red")][0] in ("uchar", "uint8") else 1.0
+        rgb = [columns[names.index(c)] for c in ("red", "green", "blue")]
+        alpha = columns[names.index("alpha")] if "alpha" in names else [scale] * count
+        colors.extend(v / scale for rgba in zip(*rgb, alpha) for v in rgba)
+    return offset + size
+
+
+def _read_faces(data, offset, count, props, triangles) -> int:
+    if len(props) != 1 or props[0][0] != "list":
+        raise PlyError("faces must be one list property")
+    count_type, index_type = _SCALAR[props[0][1]], _SCALAR[props[0][2]]
+    head, item = struct.calcsize(count_type), struct.calcsize(index_type)
+    record = head + 3 * item
+    end = offset + count * record
+    if count and struct.unpack_from("<" + count_type, data, offset)[0] == 3:
+        # Triangles only (checked below): fixed-size records; cut the count bytes out in one pass.
+        chunk = memoryview(data)[offset:end]
+        counts = bytes(chunk[0::record]) if head == 1 else None
+        if counts is not None and counts.count(3) == count:
+            indices = b"".join(chunk[i + head:i + record] for i in range(0, len(chunk), record))
+            block = array(index_type if index_type in "iI" else "i")
+            if index_type in "iI":
+                block.frombytes(indices)
+            else:
+                block.extend(struct.unpack(f"<{3 * count}{index_type}", indices))
+            if sys.byteorder == "big":
+                block.byteswap()
+            triangles.extend(block)
+            return end
+    raise PlyError("only triangle meshes are supported (the backend writes triangles)")
+
+
+def _read_ascii(words: list[str], elements) -> MeshArrays:
+    positions, colors, triangles = array("f"), array("f"), array("i")
+    at = 0
+    for name, count, props in elements:
+        names = [p[-1] for p in props]
+        for _ in range(count):
+            if name == "face":
+                n = int(words[at])
+                if n != 3:
+                    raise PlyError("only triangle meshes are supported (the backend writes triangles)")
+                triangles.extend(int(w) for w in words[at + 1:at + 4])
+                at += 4
+                continue
+            values = dict(zip(names, words[at:at + len(names)]))
+            at += len(names)
+            if name == "vertex":
+                positions.extend(float(values[a]) for a in "xyz")
+                if "red" in values:
+                    scale = 255.0 if props[names.index("red")][0] in ("uchar", "uint8") else 1.0
+                    colors.extend(float(values.get(c, scale)) / scale for c in ("red", "green", "blue", "alpha"))
+    return MeshArrays(positions, triangles, colors)
