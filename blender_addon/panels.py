@@ -17,7 +17,10 @@ def show_preview(scene, job_id: str, path: str, version: int) -> None:
     """Load a new live preview picture (main thread, from the poll timer)."""
     if _previews is None or _shown.get(job_id) == version:
         return
-    _previews.load(job_id, path, "IMAGE", force_reload=True)
+    if job_id in _previews:
+        _previews[job_id].reload()   # same file, new picture
+    else:
+        _previews.load(job_id, path, "IMAGE")
     _shown[job_id] = version
     scene.dreamsculpt.preview_image = job_id
 
@@ -68,6 +71,16 @@ def draw_backend(layout, state) -> None:
         box.operator("preferences.addon_show", text="Open Preferences", icon="PREFERENCES").module = __package__
 
 
+def draw_progress(layout, s) -> None:
+    total = max(s.job_total, 1)
+    eta = f" · ETA {s.job_eta:.0f} s" if s.job_eta > 0 else ""
+    text = f"{s.job_stage or s.job_status} {s.job_step}/{s.job_total}{eta}"
+    layout.progress(factor=min(s.job_step / total, 1.0), type="BAR", text=text)
+    if _previews is not None and s.preview_image in _previews:
+        layout.template_icon(icon_value=_previews[s.preview_image].icon_id, scale=8.0)
+    layout.operator("dreamsculpt.cancel", icon="CANCEL")
+
+
 class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
     bl_space_type, bl_region_type, bl_category = "VIEW_3D", "UI", "Dreamsculpt"
     bl_label = "Dreamsculpt"
@@ -91,7 +104,7 @@ class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
         col.prop(s, "preset")
         running = bool(s.job_id) and s.job_id in WATCHERS
         if running:
-            self.draw_progress(layout, s)
+            draw_progress(layout, s)
         else:
             row = layout.row()
             row.scale_y = 1.5
@@ -102,14 +115,6 @@ class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
             box.alert = True
             _wrapped(box.column(align=True), s.last_error)
 
-    def draw_progress(self, layout, s) -> None:
-        total = max(s.job_total, 1)
-        eta = f" · ETA {s.job_eta:.0f} s" if s.job_eta > 0 else ""
-        text = f"{s.job_stage or s.job_status} {s.job_step}/{s.job_total}{eta}"
-        layout.progress(factor=min(s.job_step / total, 1.0), type="BAR", text=text)
-        if _previews is not None and s.preview_image in _previews:
-            layout.template_icon(icon_value=_previews[s.preview_image].icon_id, scale=8.0)
-        layout.operator("dreamsculpt.cancel", icon="CANCEL")
 
 
 class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
