@@ -11,11 +11,12 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml VERSION
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e ".[test]"
+	$(VENV)/bin/pip install -e ".[test,blender]"
 	touch $(STAMP)
 
+# Blender (bpy) headless: the add-on starts the backend, makes "a red cube", renders out/demo.png, saves out/demo.blend.
 demo: venv
-	$(VENV)/bin/dreamsculpt generate "a red cube" --prior builtin --out out/red-cube
+	$(VENV)/bin/python scripts/blender_demo.py --out out
 
 test: venv
 	$(VENV)/bin/python -m pytest -q
