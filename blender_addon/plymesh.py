@@ -78,18 +78,49 @@ def _read_vertices(data, offset, count, props, positions, colors) -> int:
     if any(p[0] == "list" for p in props):
         raise PlyError("list properties on vertices are not supported")
     names = [p[1] for p in props]
-    record = struct.Struct("<" + "".join(_SCALAR[p[0]] for p in props))
-    size = record.size * count
-    columns = list(zip(*record.iter_unpack(data[offset:offset + size]))) if count else [[] for _ in names]
     if not all(axis in names for axis in "xyz"):
         raise PlyError("vertices have no x, y, z")
-    x, y, z = (columns[names.index(axis)] for axis in "xyz")
-    positions.extend(v for xyz in zip(x, y, z) for v in xyz)
-    if all(c in names for c in ("red", "green", "blue")):
-        scale = 255.0 if props[names.index("red")][0] in ("uchar", "uint8") else 1.0
-        rgb = [columns[names.index(c)] for c in ("red", "green", "blue")]
-        alpha = columns[names.index("alpha")] if "alpha" in names else [scale] * count
-        colors.extend(v / scale for rgba in zip(*rgb, alpha) for v in rgba)
+    types = {p[1]: _SCALAR[p[0]] for p in props}
+    starts, at = {}, 0
+    for p in props:
+        starts[p[1]] = at
+        at += struct.calcsize("<" + _SCALAR[p[0]])
+    record, size = at, at * count
+    chunk = memoryview(data)[offset:offset + size]
+
+    def column_block(first: str, n: int, code: str) -> array | None:
+        """n same-typed properties stored side by side from `first` on: one array, no tuples."""
+        names_run = names[names.index(first):names.index(first) + n]
+        if len(names_run) < n or any(types[name] != code for name in names_run):
+            return None
+        width = n * struct.calcsize(code)
+        block = array(code)
+        block.frombytes(b"".join(chunk[i + starts[first]:i + starts[first] + width] for i in range(0, size, record)))
+        if sys.byteorder == "big":
+            block.byteswap()
+        return block
+
+    xyz = column_block("x", 3, "f") if names[names.index("x"):names.index("x") + 3] == ["x", "y", "z"] else None
+    rgb_names = ["red", "green", "blue"] + (["alpha"] if "alpha" in names else [])
+    has_rgb = all(c in names for c in ("red", "green", "blue"))
+    rgba = (column_block("red", len(rgb_names), "B")
+            if has_rgb and names[names.index("red"):names.index("red") + len(rgb_names)] == rgb_names else None)
+    if xyz is None or (has_rgb and rgba is None):   # an unusual layout: the general (slower) path
+        columns = list(zip(*struct.iter_unpack("<" + "".join(types[n] for n in names), chunk))) if count else []
+        axes = [columns[names.index(a)] for a in "xyz"] if count else [[], [], []]
+        xyz = array("f", (v for t in zip(*axes) for v in t))
+        if has_rgb:
+            scale = 255.0 if types["red"] == "B" else 1.0
+            channels = [columns[names.index(c)] for c in ("red", "green", "blue")] if count else [[], [], []]
+            alpha = columns[names.index("alpha")] if "alpha" in names and count else [scale] * count
+            colors.extend(v / scale for t in zip(*channels, alpha) for v in t)
+    elif has_rgb:
+        if len(rgb_names) == 4:
+            colors.extend(array("f", (v / 255.0 for v in rgba)))
+        else:
+            colors.extend(v for i in range(0, len(rgba), 3) for v in (rgba[i] / 255.0, rgba[i + 1] / 255.0,
+                                                                      rgba[i + 2] / 255.0, 1.0))
+    positions.extend(xyz)
     return offset + size
 
 

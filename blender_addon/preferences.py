@@ -3,14 +3,21 @@ that turn them into a client."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import bpy
+import tomllib
 from bpy.props import BoolProperty, StringProperty
 
 from . import backend_process
-from .client import DEFAULT_URL, BackendError, Client, is_loopback_url, local_token_path, read_local_token
+from .client import (
+    DEFAULT_URL,
+    BackendError,
+    Client,
+    is_loopback_url,
+    local_token_path,
+    read_local_token,
+)
 
 PACKAGE = __package__
 

@@ -4,8 +4,15 @@ running job's progress, and this scene's history of jobs (saved with the .blend)
 from __future__ import annotations
 
 import bpy
-from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
-                       StringProperty)
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
 
 PRIORS = [("builtin", "Built-in shapes", "Offline analytic shapes (cube, sphere, torus, cone, cylinder)"),
           ("sd", "Stable Diffusion", "Text-to-image diffusion model (a GPU is strongly advised)"),

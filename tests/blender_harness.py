@@ -46,7 +46,8 @@ def bpy_available() -> bool:
         return False
 
 
-requires_bpy = pytest.mark.skipif(not bpy_available(), reason="needs the bpy module (pip install bpy==5.0.1, Python 3.11)")
+requires_bpy = pytest.mark.skipif(not bpy_available(),
+                                  reason="needs the bpy module (pip install bpy==5.0.1, Python 3.11)")
 
 
 def script(*parts: str) -> str:
@@ -63,7 +64,8 @@ def run_in_blender(script: str, tmp_path: Path, env: dict | None = None, timeout
                           timeout=timeout, cwd=tmp_path)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise AssertionError(f"Blender script failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise AssertionError(f"Blender script failed ({done.returncode}):\n"
+                             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     values = json.loads(lines[-1][len("RESULT "):])
     values["_stdout"] = done.stdout
     return values

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from server_harness import tiny_job, wait_job
+from server_harness import tiny_job
 
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
 BPY_FREE = ("client", "plymesh", "jobs", "backend_process")
@@ -134,7 +134,6 @@ def test_backend_command_needs_a_real_python_and_a_local_url(tmp_path):
 
 
 def test_start_and_stop_a_backend(tmp_path, monkeypatch):
-    port = 0
     import socket
 
     with socket.socket() as s:

@@ -4,7 +4,6 @@ undo, errors, and the panel's draw() in every backend state."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from blender_harness import requires_bpy, run_in_blender, script
@@ -104,10 +103,12 @@ def test_generate_with_the_timer_imports_a_coloured_mesh_and_undo_removes_it(add
         entry = s.history[0]
         history = {"job_id": entry.job_id, "prompt": entry.prompt, "seed": entry.seed, "status": entry.status,
                    "object": entry.object_name}
+        preview = s.preview_image
         bpy.ops.ed.undo()
         after_undo = sorted(o.name for o in bpy.data.objects)
         result(status=list(status), job_id=job_id, imported=imported, count=len(new), history=history,
-               ticks=ticks, after_undo=after_undo, objects_before=objects_before, seen_running=seen_running)
+               ticks=ticks, after_undo=after_undo, objects_before=objects_before, seen_running=seen_running,
+               preview=preview)
     '''), tmp_path, _server_env(server))
     assert out["status"] == ["FINISHED"] and out["count"] == 1
     obj = out["imported"]
@@ -123,7 +124,8 @@ def test_generate_with_the_timer_imports_a_coloured_mesh_and_undo_removes_it(add
     assert out["history"] == {"job_id": out["job_id"], "prompt": "a red cube", "seed": 3, "status": "done",
                               "object": obj["name"]}
     assert out["after_undo"] == out["objects_before"]                  # undo removes it
-    assert len(out["ticks"]) > 3
+    assert len(out["ticks"]) > 3 and out["seen_running"]
+    assert out["preview"] == out["job_id"]                              # the live preview was shown
 
 
 def test_headless_generate_waits_and_prints_progress(addon_zip, server, tmp_path):
@@ -256,3 +258,35 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
     ''', tmp_path)
     assert out["drawn"] == 7 * 3 * 2
     assert {"prop", "operator", "label", "box", "progress", "template_list"} <= set(out["calls"])
+
+
+def test_history_import_again_rerun_copy_prompt_and_delete(addon_zip, server, tmp_path):
+    out = run_in_blender(script(f'''
+        install({addon_zip!r})
+    ''', SET_UP_JOB.format(url=server.url), '''
+        bpy.ops.dreamsculpt.generate()
+        first = s.history[0]
+        first_object = first.object_name
+        s.replace_previous = True
+        bpy.ops.dreamsculpt.history_import(index=0)          # replaces the object it made before
+        replaced = (first_object not in bpy.data.objects, first.object_name in bpy.data.objects)
+        s.prompt, s.seed = "something else", 99
+        bpy.ops.dreamsculpt.history_copy_prompt(index=0)
+        copied = (s.prompt, s.seed)
+        bpy.ops.dreamsculpt.history_rerun(index=0, new_seed=False)
+        bpy.ops.dreamsculpt.history_rerun(index=0, new_seed=True)
+        runs = [(e.prompt, e.seed, e.status) for e in s.history]
+        job_id = s.history[0].job_id
+        bpy.ops.dreamsculpt.history_delete(index=0)
+        result(replaced=replaced, copied=copied, runs=runs, left=[e.job_id for e in s.history], deleted=job_id,
+               objects=len([o for o in bpy.data.objects if o.get("dreamsculpt_job_id")]))
+    '''), tmp_path, _server_env(server))
+    assert out["replaced"] == [True, True]
+    assert out["copied"] == ["a red cube", 3]
+    (p0, s0, st0), (p1, s1, st1), (p2, s2, st2) = out["runs"]
+    assert p0 == p1 == p2 == "a red cube" and s0 == s1 == 3 and s2 != 3
+    assert st0 == st1 == st2 == "done"
+    assert len(out["left"]) == 2 and out["deleted"] not in out["left"]
+    with server.client() as api:
+        assert api.get(f"/jobs/{out['deleted']}").status_code == 404     # gone from the backend too
+    assert out["objects"] == 3
