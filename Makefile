@@ -27,3 +27,4 @@ bench: venv
 	$(VENV)/bin/python bench/bench_step.py
 	$(VENV)/bin/python bench/bench_shapes.py
 	$(VENV)/bin/python bench/bench_server.py
+	$(VENV)/bin/python bench/bench_addon.py
