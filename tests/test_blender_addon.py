@@ -290,3 +290,25 @@ def test_history_import_again_rerun_copy_prompt_and_delete(addon_zip, server, tm
     with server.client() as api:
         assert api.get(f"/jobs/{out['deleted']}").status_code == 404     # gone from the backend too
     assert out["objects"] == 3
+
+
+def test_cancel_from_the_panel_stops_the_job_and_imports_nothing(addon_zip, server, tmp_path):
+    out = run_in_blender(script(f'''
+        install({addon_zip!r})
+        operators = addon_module("operators")
+    ''', SET_UP_JOB.format(url=server.url), '''
+        s.steps = 5000
+        bpy.ops.dreamsculpt.generate(wait="NO")
+        deadline = time.monotonic() + 60
+        while s.job_step < 3 and time.monotonic() < deadline:
+            operators.tick()
+            time.sleep(0.05)
+        cancel = bpy.ops.dreamsculpt.cancel()
+        while operators.WATCHERS and time.monotonic() < deadline + 60:
+            operators.tick()
+            time.sleep(0.05)
+        result(cancel=list(cancel), status=s.history[0].status, running=s.job_id,
+               unchanged=sorted(o.name for o in bpy.data.objects) == objects_before)
+    '''), tmp_path, _server_env(server))
+    assert out["cancel"] == ["FINISHED"] and out["status"] == "cancelled"
+    assert out["running"] == "" and out["unchanged"]
