@@ -34,6 +34,14 @@ def install(zip_path):
 
 def addon_module(name):
     return sys.modules["%s." + name]
+
+def error_of(operator, **options):
+    """The message an operator reported as an error (bpy raises it as RuntimeError), or None."""
+    try:
+        operator(**options)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
 ''' % (ADDON_MODULE, ADDON_MODULE)
 
 

@@ -147,11 +147,7 @@ def test_a_failed_job_is_reported_and_nothing_is_imported(addon_zip, server, tmp
         install({addon_zip!r})
     ''', SET_UP_JOB.format(url=server.url), '''
         s.prompt = "a dragon"
-        try:
-            bpy.ops.dreamsculpt.generate()
-            error = None
-        except RuntimeError as exc:
-            error = str(exc)
+        error = error_of(bpy.ops.dreamsculpt.generate)
         result(error=error, objects=sorted(o.name for o in bpy.data.objects) == objects_before,
                status=s.history[0].status, entry_error=s.history[0].error)
     '''), tmp_path, _server_env(server))
@@ -165,11 +161,7 @@ def test_backend_not_running_is_an_actionable_error_and_the_scene_is_unchanged(a
         prefs = bpy.context.preferences.addons["bl_ext.user_default.dreamsculpt"].preferences
         prefs.backend_url = "http://127.0.0.1:9"      # discard port: nothing listens
         before = (sorted(o.name for o in bpy.data.objects), len(bpy.context.scene.dreamsculpt.history))
-        try:
-            bpy.ops.dreamsculpt.generate()
-            error = None
-        except RuntimeError as exc:
-            error = str(exc)
+        error = error_of(bpy.ops.dreamsculpt.generate)
         after = (sorted(o.name for o in bpy.data.objects), len(bpy.context.scene.dreamsculpt.history))
         result(error=error, unchanged=before == after)
     ''', tmp_path)
@@ -182,11 +174,7 @@ def test_remote_backend_needs_online_access(addon_zip, tmp_path):
         install({addon_zip!r})
         prefs = bpy.context.preferences.addons["bl_ext.user_default.dreamsculpt"].preferences
         prefs.backend_url = "http://192.0.2.10:7323"
-        try:
-            bpy.ops.dreamsculpt.generate()
-            error = None
-        except RuntimeError as exc:
-            error = str(exc)
+        error = error_of(bpy.ops.dreamsculpt.generate)
         result(error=error, online=bpy.app.online_access)
     ''', tmp_path)
     assert out["online"] is False and "Allow Online Access" in out["error"]
