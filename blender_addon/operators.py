@@ -357,6 +357,17 @@ class DREAMSCULPT_OT_history_import(_HistoryOperator, bpy.types.Operator):
         return {"FINISHED"} if snap.mesh is not None else {"CANCELLED"}
 
 
+def to_editor(entry, s, settings_too: bool) -> None:
+    """Put a history entry's prompt, negative prompt and seed back into the editor; with
+    `settings_too`, also its prior, model, reference folder and preset (to run it again)."""
+    s.prompt, s.negative, s.seed = entry.prompt, entry.negative, entry.seed
+    if settings_too:
+        s.prior = entry.prior
+        s.model = entry.model or s.model
+        s.references = entry.references or s.references
+        s.preset = entry.preset or s.preset
+
+
 class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
     """Run this job again, with the same seed or a new one"""
 
@@ -367,11 +378,7 @@ class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
         entry, s = self.entry(context), context.scene.dreamsculpt
         if entry is None:
             return {"CANCELLED"}
-        s.prompt, s.negative, s.prior, s.seed = entry.prompt, entry.negative, entry.prior, entry.seed
-        if entry.model:
-            s.model = entry.model
-        if entry.preset:
-            s.preset = entry.preset
+        to_editor(entry, s, settings_too=True)
         if self.new_seed:
             s.seed = random.randrange(2**31 - 1)
         return bpy.ops.dreamsculpt.generate()
@@ -383,10 +390,10 @@ class DREAMSCULPT_OT_history_copy_prompt(_HistoryOperator, bpy.types.Operator):
     bl_idname, bl_label, bl_options = "dreamsculpt.history_copy_prompt", "Edit Prompt", {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        entry, s = self.entry(context), context.scene.dreamsculpt
+        entry = self.entry(context)
         if entry is None:
             return {"CANCELLED"}
-        s.prompt, s.negative, s.seed = entry.prompt, entry.negative, entry.seed
+        to_editor(entry, context.scene.dreamsculpt, settings_too=False)
         return {"FINISHED"}
 
 
