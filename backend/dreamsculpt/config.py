@@ -9,7 +9,13 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from dataclasses import field as _field
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 PRIORS = ("sd", "builtin", "references")
+#: What a run makes: a mesh from text, a mesh from one image, or novel views of one image.
+KINDS = ("text_to_3d", "image_to_3d", "novel_views")
+#: Priors of the image kinds: Zero-1-to-3 (a model), or the built-in shapes, view-conditioned.
+IMAGE_PRIORS = ("zero123", "builtin")
+ZERO123_VARIANTS = ("auto", "zero123", "stable_zero123")
 
 
 @dataclass
@@ -59,6 +65,8 @@ class GuidanceConfig:
     view_sigma_deg: float = 10.0    # reference prior: width of the camera-proximity kernel
     fp16: bool = False              # opt-in, CUDA only
     device: str = "auto"            # auto: cuda, then mps, then cpu
+    zero123_model: str = DEFAULT_ZERO123_MODEL   # image kinds: hub id, diffusers folder or one file
+    zero123_variant: str = "auto"   # camera embedding: auto (from the name) | zero123 | stable_zero123
 
 
 @dataclass
@@ -98,7 +106,31 @@ class MeshConfig:
 
 
 @dataclass
+class ImageConfig:
+    """The reference image of the image kinds and how it is used (see images.py)."""
+
+    path: str = ""                  # PNG/JPG/WebP; with alpha, the alpha is the object's mask
+    camera: dict | None = None      # a Blender camera (images.CameraSpec); None: the orbit below
+    elevation_deg: float = 0.0      # without a camera: the view the image was taken from
+    azimuth_deg: float = -90.0      # front (Blender's -Y)
+    fov_deg: float = 40.0
+    depth: float | None = None      # camera to object centre, world units (placement scale only)
+    size: int = 256                 # side of the resampled reference image (Zero123's input size)
+    fill: float = 0.7               # share of the frame the object's larger extent takes
+    lambda_rgb: float = 1.0         # reference-view losses (per-pixel means)
+    lambda_mask: float = 1.0
+    view_count: int = 8             # novel views: a ring of this many views (the reference included)
+    views: tuple[tuple[float, float], ...] = ()   # ... or these (d_azimuth, d_elevation), degrees
+    autoregressive: bool = False    # condition each new view on the nearest ones made (GeNVS-style)
+    neighbours: int = 2             # ... this many of them
+    sample_steps: int = 50          # DDIM steps per novel view
+    text_weight: float = 0.0        # image_to_3d: weight of text SDS (Magic123); 0: image only
+
+
+@dataclass
 class RunConfig:
+    kind: str = "text_to_3d"
+    image: ImageConfig = _field(default_factory=ImageConfig)
     guidance: GuidanceConfig = _field(default_factory=GuidanceConfig)
     field: FieldConfig = _field(default_factory=FieldConfig)
     render: RenderConfig = _field(default_factory=RenderConfig)
@@ -153,6 +185,8 @@ LIMITS: dict[str, tuple[int, int]] = {
     "mesh_resolution": (32, 1024),
     "max_faces": (4, 50_000_000),
     "seed": (0, 2**32 - 1),
+    "view_count": (2, 64),
+    "sample_steps": (1, 1000),
 }
 
 
@@ -176,4 +210,33 @@ def build_config(prompt: str, *, prior: str = "sd", negative: str = "", model: s
     if mesh_resolution is not None:
         config.mesh.resolution = mesh_resolution
     config.mesh.threshold, config.mesh.max_faces, config.mesh.export_obj = threshold, max_faces, obj
+    return config
+
+
+def build_image_config(kind: str, image: str, *, prior: str = "zero123", camera: dict | None = None,
+                       depth: float | None = None, elevation_deg: float = 0.0, azimuth_deg: float = -90.0,
+                       fov_deg: float = 40.0, model: str = DEFAULT_ZERO123_MODEL, variant: str = "auto",
+                       prompt: str = "", text_weight: float = 0.0, text_model: str = DEFAULT_SD_MODEL,
+                       preset: str = "standard", seed: int = 0, steps: int | None = None,
+                       guidance_scale: float | None = None, resolution: int | None = None,
+                       mesh_resolution: int | None = None, threshold: float | None = None,
+                       max_faces: int | None = MeshConfig.max_faces, obj: bool = False, device: str = "auto",
+                       fp16: bool = False, view_count: int = 8,
+                       views: list[tuple[float, float]] | None = None, autoregressive: bool = False,
+                       sample_steps: int | None = None) -> RunConfig:
+    """The RunConfig of an image_to_3d or novel_views run (CLI flags or a job request). For
+    novel_views `steps` is not used: `sample_steps` (default 50) sets the denoising steps."""
+    config = build_config(prompt, prior=prior, model=text_model, preset=preset, seed=seed, steps=steps,
+                          guidance_scale=guidance_scale, resolution=resolution,
+                          mesh_resolution=mesh_resolution, threshold=threshold, max_faces=max_faces,
+                          obj=obj, device=device, fp16=fp16)
+    config.kind = kind
+    config.guidance.zero123_model, config.guidance.zero123_variant = model, variant
+    i = config.image
+    i.path, i.camera, i.depth = str(image), camera, depth
+    i.elevation_deg, i.azimuth_deg, i.fov_deg = elevation_deg, azimuth_deg, fov_deg
+    i.text_weight, i.view_count, i.autoregressive = text_weight, view_count, autoregressive
+    i.views = tuple((float(a), float(e)) for a, e in (views or ()))
+    if sample_steps is not None:
+        i.sample_steps = sample_steps
     return config

@@ -44,6 +44,18 @@ class Callbacks:
     should_cancel: Callable[[], bool] | None = None
 
 
+@dataclass
+class ReferenceTarget:
+    """A view the field must reproduce (image_to_3d): rgb over white [1, 3, R, R] and mask
+    [1, 1, R, R] at R = the render resolution, seen by `camera` (length 1)."""
+
+    camera: Cameras
+    rgb: torch.Tensor
+    mask: torch.Tensor
+    lambda_rgb: float = 1.0
+    lambda_mask: float = 1.0
+
+
 def sample_cameras(config: CameraConfig, batch: int, generator: torch.Generator) -> Cameras:
     """Uniform azimuth, elevation, distance and FOV inside the configured ranges; with anchors,
     most cameras instead sit at a jittered anchor viewpoint."""
@@ -74,7 +86,7 @@ class Trainer:
     """Owns the field, occupancy grid, background and optimiser of one run."""
 
     def __init__(self, config: RunConfig, guidance: Guidance, callbacks: Callbacks | None = None,
-                 checkpoint_path: Path | None = None):
+                 checkpoint_path: Path | None = None, reference: ReferenceTarget | None = None):
         self.config, self.guidance = config, guidance
         self.callbacks = callbacks or Callbacks()
         self.checkpoint_path = checkpoint_path
@@ -94,6 +106,10 @@ class Trainer:
         if self.background.mode == "learned":
             groups.append({"params": self.background.parameters(), "lr": t.mlp_lr})
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+        self.reference = None
+        if reference is not None:
+            self.reference = ReferenceTarget(reference.camera.to(self.device), reference.rgb.to(self.device),
+                                             reference.mask.to(self.device), reference.lambda_rgb, reference.lambda_mask)
         self.step_index = 0
         self.loss_ema = 0.0
         self.timings = {"occupancy": 0.0, "render": 0.0, "guidance": 0.0, "backward": 0.0, "steps": 0}
@@ -130,6 +146,8 @@ class Trainer:
         opacity = out.opacity.clamp(1e-5, 1 - 1e-5)
         entropy = -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log()).mean()
         loss = loss + t.lambda_entropy * entropy + t.lambda_orient * out.orientation
+        if self.reference is not None:
+            loss = loss + self.reference_loss()
         if t.lambda_tv:
             loss = loss + t.lambda_tv * self.field.total_variation()
         if t.lambda_sparsity:
@@ -146,6 +164,17 @@ class Trainer:
         self.timings["steps"] += 1
         self.step_index += 1
         return guided.loss
+
+    def reference_loss(self) -> torch.Tensor:
+        """Magic123 / RealFusion reference-view terms: the render from the reference camera
+        (albedo: the picture's own lighting is in its colours) against the picture and its mask."""
+        ref, c = self.reference, self.config
+        out = render(self.field, ref.camera, c.render.resolution, c.render.samples_per_ray, self.occupancy,
+                     self.background if self.background.mode == "white" else Background("white"),
+                     "albedo", None, c.shading.ambient, self.generator)
+        rgb = torch.nn.functional.mse_loss(out.rgb, ref.rgb)
+        mask = torch.nn.functional.mse_loss(out.opacity, ref.mask)
+        return ref.lambda_rgb * rgb + ref.lambda_mask * mask
 
     def run(self) -> TriplaneField:
         """Optimise until `config.train.steps`; resumes from `self.step_index`."""

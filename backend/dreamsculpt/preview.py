@@ -36,3 +36,18 @@ def save_turntable(trainer: Trainer, path: Path, frames: int = 24) -> None:
     views = render_views(trainer, np.linspace(-90.0, 270.0, frames, endpoint=False).tolist())
     images = [Image.fromarray(v) for v in views]
     images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0)
+
+
+def save_contact_sheet(images: torch.Tensor, path: Path, columns: int | None = None) -> None:
+    """[K, C, S, S] images in [0, 1] -> one PNG, a grid of `columns` (default: up to 4) per row
+    on white."""
+    k, _, s, _ = images.shape
+    columns = columns or min(k, 4)
+    rows = -(-k // columns)
+    sheet = torch.ones(3, rows * s, columns * s)
+    for i, image in enumerate(images):
+        rgb = image[:3] * image[3:] + (1 - image[3:]) if image.shape[0] == 4 else image
+        r, c = divmod(i, columns)
+        sheet[:, r * s:(r + 1) * s, c * s:(c + 1) * s] = rgb
+    array = (sheet.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    Image.fromarray(array).save(path)

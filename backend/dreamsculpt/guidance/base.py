@@ -92,3 +92,19 @@ def view_weights(azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor,
     over = ((elevation_deg - (overhead_deg - 15.0)) / 15.0).clamp(0, 1)
     ring = torch.stack([front, side, back], -1) * (1.0 - over)[:, None]
     return torch.cat([ring, over[:, None]], -1)
+
+
+class CombinedGuidance:
+    """A weighted sum of priors on the same renders (Magic123: Zero123 for the geometry, text
+    SDS for the detail). The background is the first prior's."""
+
+    def __init__(self, parts: list[tuple[Guidance, float]]):
+        self.parts = parts
+        self.background = parts[0][0].background
+        self.device = getattr(parts[0][0], "device", "cpu")
+
+    def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
+             generator: torch.Generator) -> GuidanceOutput:
+        outs = [(g.grad(images, cameras, progress, generator), w) for g, w in self.parts]
+        grad = sum(w * o.grad.to(images.device) for o, w in outs)
+        return GuidanceOutput(grad=grad, loss=sum(w * o.loss for o, w in outs), t=outs[0][0].t)

@@ -117,3 +117,27 @@ class ReferencePrior:
             g = F.interpolate(g, size=(H, H), mode="bilinear") * (self.resolution / H) ** 2
         # d(x)/d(image) = 2 for x = 2 image - 1.
         return GuidanceOutput(grad=(2.0 * g).to(images.device), loss=float(g.square().mean()), t=t)
+
+    @torch.no_grad()
+    def sample(self, cameras: Cameras, steps: int, generator: torch.Generator,
+               on_step=None, should_cancel=None) -> torch.Tensor:
+        """Deterministic DDIM samples [B, 3, S, S] in [0, 1] of the conditional set at the
+        cameras' poses, using the exact denoiser at every step. on_step(done, total) after each
+        step; should_cancel() before each (raises CancelledError)."""
+        from ..errors import CancelledError
+
+        B, S = len(cameras), self.resolution
+        log_k = self.log_view_kernel(cameras)
+        timesteps = torch.linspace(len(self.alphas_cumprod) - 1, 0, steps).round().long()
+        x = torch.randn((B, 3 * S * S), generator=generator)
+        for i, step in enumerate(timesteps):
+            if should_cancel and should_cancel():
+                raise CancelledError(f"Cancelled after {i} of {steps} denoising steps.")
+            a = self.alphas_cumprod[step].expand(B)
+            x0 = self.denoise(x, a, log_k, self.condition)
+            eps = (x - a.sqrt()[:, None] * x0) / (1 - a).sqrt()[:, None]
+            a_prev = self.alphas_cumprod[timesteps[i + 1]] if i + 1 < steps else torch.tensor(1.0)
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            if on_step:
+                on_step(i + 1, steps)
+        return ((x.reshape(B, 3, S, S) + 1.0) / 2.0).clamp(0, 1)

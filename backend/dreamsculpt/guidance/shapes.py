@@ -202,8 +202,10 @@ def sdf_normals(sdf, points: torch.Tensor, h: float = 1e-3) -> torch.Tensor:
 
 
 def render_shape(name: str, cameras: Cameras, resolution: int, supersample: int = 2,
-                 max_rays: int = 2 ** 21) -> ShapeRender:
+                 max_rays: int = 2 ** 21, scale: float = 1.0,
+                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> ShapeRender:
     """Sphere-trace shape `name` from B cameras at resolution^2 pixels, supersample^2 rays each.
+    The shape can be scaled (about its centre) and moved: it is then scale * shape + offset.
 
     Runs on one intra-op thread (see `_one_thread`).
     """
@@ -211,7 +213,7 @@ def render_shape(name: str, cameras: Cameras, resolution: int, supersample: int 
     size = resolution * supersample
     views_per_chunk = max(1, max_rays // size ** 2)
     with _one_thread():
-        chunks = [_render_chunk(name, cameras[start:start + views_per_chunk], size)
+        chunks = [_render_chunk(name, cameras[start:start + views_per_chunk], size, scale, offset)
                   for start in range(0, len(cameras), views_per_chunk)]
     hit, shade = (torch.cat(parts) for parts in zip(*chunks))   # [B, 1, size, size] each
     return ShapeRender(F.avg_pool2d(hit, supersample)[:, 0], F.avg_pool2d(hit * shade, supersample)[:, 0])
@@ -233,12 +235,16 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _render_chunk(name: str, cameras: Cameras, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _render_chunk(name: str, cameras: Cameras, size: int, scale: float = 1.0,
+                  offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (hit, shading factor), each [B, 1, size, size] float; shading is 0 where missed."""
-    sdf = lambda p: shape_sdf(name, p)  # noqa: E731
+    shift = torch.tensor(offset, dtype=torch.float32)
+    sdf = lambda p: shape_sdf(name, (p - shift) / scale) * scale  # noqa: E731
     rays = generate_rays(cameras, size)
     origins, dirs = rays.origins.reshape(-1, 3), rays.directions.reshape(-1, 3)
-    hit, t = sphere_trace(sdf, origins, dirs, *ray_sphere_intersect(origins, dirs, BOUNDING_RADIUS))
+    # The bounding sphere, in the shape's own frame (rays are moved there; directions keep).
+    hit, t = sphere_trace(sdf, origins, dirs,
+                          *ray_sphere_intersect(origins - shift, dirs, BOUNDING_RADIUS * scale))
     shade = torch.zeros_like(t)
     normals = sdf_normals(sdf, origins[hit] + t[hit, None] * dirs[hit])
     shade[hit] = AMBIENT + DIFFUSE * (normals @ LIGHT_DIR).clamp_min(0)
