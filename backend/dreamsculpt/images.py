@@ -240,6 +240,7 @@ def reference_view(config: ImageConfig, path: str | Path | None = None) -> Refer
     rgba, has_alpha = read_image(path)
     name = path.name
     mask = object_mask(rgba, has_alpha, name)
+    rgba = torch.cat([rgba[:3], mask[None]])      # an opaque picture's mask becomes its alpha
     _, height, width = rgba.shape
     if config.camera:
         real = camera_from_spec(config.camera, width, height)
