@@ -28,3 +28,5 @@ bench: venv
 	$(VENV)/bin/python bench/bench_shapes.py
 	$(VENV)/bin/python bench/bench_server.py
 	$(VENV)/bin/python bench/bench_addon.py
+	$(VENV)/bin/python bench/bench_image.py
+	$(VENV)/bin/python bench/bench_zero123.py

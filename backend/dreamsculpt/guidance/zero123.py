@@ -1,0 +1,715 @@
+"""Zero-1-to-3 (Zero123, Zero123-XL, Stable Zero123): novel views and latent SDS from one image.
+
+Zero123 is Stable Diffusion 1.x fine-tuned on Objaverse renders to draw an object from a
+camera given relative to the camera of one input image. Assembled here from diffusers parts:
+
+* UNet2DConditionModel with 8 input channels: 4 noisy latents + 4 latents of the input image
+  ("c_concat": the VAE posterior *mode* of the image in [-1, 1], NOT multiplied by the VAE
+  scaling factor -- zero123 was trained that way, see `encode_first_stage(x).mode()` in
+  cvlab-columbia/zero123 `gradio_new.py` and threestudio `zero123_guidance.py`).
+* CLIPVisionModelWithProjection: the image embedding (OpenAI ViT-L/14, 768-d), and the camera
+  projection `cc_projection` (Linear(768 + 4 -> 768)) over [embedding, 4-d camera]: the
+  UNet's only cross-attention token ("c_crossattn", [B, 1, 768]).
+* Classifier-free guidance: the unconditional branch gets a zero token (after the projection)
+  and zero concat latents (zero123 `gradio_new.py`; threestudio `get_cond`).
+
+Weights come from a hub id (Hugging Face cache first, then the network), a diffusers folder
+in the layout of the converted repos (model_index.json; the projection in `cc_projection/`
+with keys `projection.*` as in kxic/zero123-xl and diffusers' community `pipeline_zero1to3`,
+or in `clip_camera_projection/` with keys `proj.*` as in ashawkey/zero123-xl-diffusers and
+bennyguo/zero123-xl-diffusers), or one original checkpoint (zero123-xl.ckpt,
+stable_zero123.ckpt) converted with diffusers' own LDM converters.
+
+This file is longer than most: loading three model families from three sources is one job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..cameras import Cameras, angle_between_views
+from ..config import DEFAULT_ZERO123_MODEL, GuidanceConfig
+from ..devices import resolve_device, resolve_dtype
+from ..errors import CancelledError, DreamsculptError
+from .base import GuidanceOutput, TimestepSchedule
+from .stable_diffusion import (
+    SINGLE_FILE_SUFFIXES,
+    _first_line,
+    _hub_offline,
+    _is_offline_error,
+    _looks_like_path,
+    _reached_hub,
+)
+
+VARIANTS = ("zero123", "stable_zero123")
+DEFAULT_GUIDANCE_SCALE = 3.0   # zero123's sampling default; SDS setups use 3-5
+#: Zero123 renders objects scaled to a unit bounding box (half-extent 0.5, zero123's
+#: objaverse-rendering `normalize_scene`); our canonical object fills [-1, 1]^3.
+DISTANCE_SCALE = 0.5
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
+_WHAT_TO_DO = ("Pass a Zero123 diffusers folder or original checkpoint with --model PATH, "
+               "or use --prior builtin for offline runs.")
+
+#: The original checkpoints' architecture (zero123 `configs/sd-objaverse-finetune-c_concat-256.yaml`)
+#: in diffusers terms, for a single file with no diffusers folder around it.
+ZERO123_UNET_CONFIG = {
+    "sample_size": 32, "in_channels": 8, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 768, "attention_head_dim": 8,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+ZERO123_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [128, 256, 512, 512], "sample_size": 256, "scaling_factor": 0.18215,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
+ZERO123_CLIP_CONFIG = {   # OpenAI CLIP ViT-L/14 vision tower + projection
+    "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+    "num_hidden_layers": 24, "image_size": 224, "patch_size": 14, "projection_dim": 768,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+ZERO123_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
+    "steps_offset": 1, "prediction_type": "epsilon"}
+
+
+# --------------------------------------------------------------------------- camera embedding
+
+def resolve_variant(model: str, variant: str = "auto") -> str:
+    """"auto": "stable_zero123" when the model name or path mentions both "stable" and
+    "zero123" (any case), else "zero123". Raises DreamsculptError for an unknown variant."""
+    if variant == "auto":
+        name = str(model).lower()
+        return "stable_zero123" if "stable" in name and "zero123" in name else "zero123"
+    if variant not in VARIANTS:
+        raise DreamsculptError(f"Unknown Zero123 variant '{variant}': use auto, "
+                               + " or ".join(VARIANTS) + ".")
+    return variant
+
+
+def camera_embedding(conditioning: Cameras, targets: Cameras, variant: str = "zero123",
+                     distance_scale: float = DISTANCE_SCALE) -> torch.Tensor:
+    """The 4-d relative camera a Zero123 UNet is conditioned on, [B, 4] float32.
+
+    conditioning: the camera(s) of the input image; targets: the cameras to draw. Either may
+    have length 1 (broadcast). Angles in degrees in our orbit convention (cameras.py: azimuth
+    from +X towards +Y, elevation above the XY plane, world +Z up).
+
+    Zero123 / Zero123-XL, from the training data (zero123 `ldm/data/simple.py`, `get_T`):
+    camera centres in Blender's Z-up world, polar theta = atan2(|xy|, z) = 90 deg - elevation,
+    azimuth = atan2(y, x), radius z, and
+
+        T = [theta_t - theta_c, sin(az_t - az_c), cos(az_t - az_c), z_t - z_c]
+
+    Their world and azimuth are ours (Blender, Z up, from +X towards +Y, counter-clockwise
+    seen from above), so the azimuth difference keeps its sign: Δaz = az_target - az_input,
+    and Δpolar = elevation_input - elevation_target (radians). Cross-check: zero123's demo
+    says a positive azimuth moves the camera to the right; from our front camera (azimuth
+    -90, on -Y) image-right is +X, and increasing azimuth moves the camera towards +X
+    (azimuth 0). The distance term is in zero123's object units (objects scaled to a unit
+    box; ours fill [-1, 1]^3), hence `distance_scale` 0.5.
+
+    Stable Zero123 (threestudio `stable_zero123_guidance.py`, `get_cond`; the same in
+    DreamGaussian's `zero123_utils.py`, whose elevation is negated): the same first three
+    terms, and instead of Δdistance the input view's own polar angle, deg2rad(90 - el_input).
+    """
+    el_c, az_c, d_c = conditioning.elevation_deg, conditioning.azimuth_deg, conditioning.distance
+    el_t, az_t, d_t = targets.elevation_deg, targets.azimuth_deg, targets.distance
+    d_polar = torch.deg2rad(el_c - el_t)
+    d_azimuth = torch.deg2rad(az_t - az_c)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got '{variant}'")
+    if variant == "stable_zero123":
+        last = torch.deg2rad(90.0 - el_c)
+    else:
+        last = distance_scale * (d_t - d_c)
+    d_polar, d_azimuth, last = torch.broadcast_tensors(d_polar, d_azimuth, last)
+    return torch.stack([d_polar, torch.sin(d_azimuth), torch.cos(d_azimuth), last], -1).float()
+
+
+# --------------------------------------------------------------------------- components
+
+@dataclass
+class Zero123Components:
+    """The frozen parts. alphas_cumprod: [T] float32 on the UNet's device; scheduler_config:
+    the diffusers scheduler config (for DDIM sampling); clip_mean / clip_std: the image
+    normalisation of the CLIP encoder; variant: which camera embedding the UNet expects."""
+
+    unet: Any                  # diffusers UNet2DConditionModel, 8 input channels, run dtype
+    vae: Any                   # diffusers AutoencoderKL, always float32
+    image_encoder: Any         # transformers CLIPVisionModelWithProjection, run dtype
+    cc_projection: torch.nn.Linear   # (projection_dim + 4) -> cross_attention_dim
+    alphas_cumprod: torch.Tensor
+    scheduler_config: dict
+    prediction_type: str = "epsilon"
+    clip_mean: tuple = CLIP_MEAN
+    clip_std: tuple = CLIP_STD
+    variant: str = "zero123"
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.unet.config.sample_size
+
+    @property
+    def native_size(self) -> int:
+        """Side in pixels the UNet was trained at (256 for Zero123)."""
+        return self.vae_scale_factor * self.unet.config.sample_size
+
+    @property
+    def clip_size(self) -> int:
+        """CLIP's input side: the encoder's own (its position embeddings fix it)."""
+        return self.image_encoder.config.image_size
+
+    @torch.no_grad()
+    def encode_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, 3, H, W] in [0, 1] over white -> (CLIP embeddings [N, 1, P] in the run dtype,
+        concat latents [N, 4, h, w] float32, unscaled posterior mode)."""
+        x = _resize(images.to(self.device, torch.float32), self.native_size, antialias=True)
+        # zero123's FrozenCLIPImageEmbedder: bicubic, corners aligned, no antialiasing.
+        c = F.interpolate(x, size=(self.clip_size,) * 2, mode="bicubic", align_corners=True)
+        mean = torch.tensor(self.clip_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.clip_std, device=self.device).view(1, 3, 1, 1)
+        dtype = next(self.image_encoder.parameters()).dtype
+        embeds = self.image_encoder(pixel_values=((c - mean) / std).to(dtype)).image_embeds
+        concat = self.vae.encode(x * 2.0 - 1.0).latent_dist.mode()
+        return embeds[:, None, :], concat.float()
+
+    def project(self, clip: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """clip [N, 1, P], poses [N, 4] -> the cross-attention token [N, 1, D]."""
+        tokens = torch.cat([clip, poses[:, None, :].to(clip)], -1)
+        return self.cc_projection(tokens.to(self.cc_projection.weight.dtype))
+
+    @torch.no_grad()
+    def guided_output(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor,
+                      concat: torch.Tensor, scale: float) -> torch.Tensor:
+        """One UNet call with classifier-free guidance over M conditioning views.
+
+        noisy: [B, 4, h, w] latents at integer timesteps [B]; hidden: [M, B, 1, D] tokens;
+        concat: [M, B, 4, h, w] latents of the conditioning images. The M conditional
+        predictions are averaged, then guided against the unconditional one (zero token,
+        zero concat). Returns the model output (epsilon or v), [B, 4, h, w] float32."""
+        m, b = hidden.shape[:2]
+        dtype = self.unet.dtype
+        hidden = torch.cat([torch.zeros_like(hidden[:1]), hidden]).flatten(0, 1)
+        concat = torch.cat([torch.zeros_like(concat[:1]), concat]).flatten(0, 1)
+        latents = noisy.unsqueeze(0).expand(m + 1, *noisy.shape).flatten(0, 1)
+        model_in = torch.cat([latents, concat], 1).to(dtype)
+        out = self.unet(model_in, timesteps.repeat(m + 1), encoder_hidden_states=hidden.to(dtype))
+        out = out.sample.float().unflatten(0, (m + 1, b))
+        uncond, cond = out[0], out[1:].mean(0)
+        return uncond + scale * (cond - uncond)
+
+    def to_epsilon(self, output: torch.Tensor, noisy: torch.Tensor,
+                   timesteps: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type != "v_prediction":
+            return output
+        ab = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return ab.sqrt() * output + (1.0 - ab).sqrt() * noisy
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[N, 4, h, w] scaled latents -> [N, 3, S, S] images in [0, 1], float32."""
+        images = self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample
+        return (images * 0.5 + 0.5).clamp(0.0, 1.0)
+
+
+def _resize(x: torch.Tensor, size: int, antialias: bool = False) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    shrink = antialias and max(x.shape[-2:]) > size
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=shrink)
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_zero123_components(model: str = DEFAULT_ZERO123_MODEL, device: torch.device | str = "cpu",
+                            dtype: torch.dtype = torch.float32,
+                            variant: str = "auto") -> Zero123Components:
+    """Load and freeze a Zero123 model: a hub id, a diffusers folder (model_index.json) or one
+    original .ckpt/.safetensors file. variant: "auto" (from the name, see resolve_variant),
+    "zero123" or "stable_zero123". Raises DreamsculptError saying what to do when it cannot."""
+    chosen = resolve_variant(model, variant)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        parts = _load_folder(path, model)
+    elif path.is_file():
+        parts = _load_single_file(path)
+    elif _looks_like_path(model):
+        raise DreamsculptError(f"Zero123 model path '{model}' does not exist. " + _WHAT_TO_DO)
+    else:
+        parts = _load_from_hub(model)
+    _freeze(parts, torch.device(device), dtype)
+    parts.variant, parts.source = chosen, model
+    return parts
+
+
+def _load_folder(path: Path, model: str) -> Zero123Components:
+    if not (path / "model_index.json").is_file():
+        raise DreamsculptError(f"'{model}' is a folder but not a diffusers Zero123 folder (no "
+                               "model_index.json). " + _WHAT_TO_DO)
+    try:
+        return _load_parts(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DreamsculptError(f"Could not load the Zero123 folder '{model}' "
+                               f"({_first_line(exc)}). " + _WHAT_TO_DO) from exc
+
+
+def _load_from_hub(repo: str) -> Zero123Components:
+    """The Hugging Face cache first (works offline), then the network unless HF_HUB_OFFLINE."""
+    try:
+        return _load_parts(repo, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        error: Exception = exc
+    if not _hub_offline():
+        try:
+            from huggingface_hub import model_info
+
+            model_info(repo, timeout=10)   # one quick request: no 25 s of retries offline
+            return _load_parts(repo, local_files_only=False)
+        except DreamsculptError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
+            error = exc
+    reason = "the model hub is unreachable"
+    if _reached_hub(error) and not _is_offline_error(error):
+        reason = f"the model hub did not provide it ({_first_line(error)})"
+    raise DreamsculptError(f"Could not load Zero123 model '{repo}': not a local folder or file, "
+                           f"and {reason}. Download it once with network access, pass a "
+                           "Zero123 diffusers folder or original checkpoint with --model PATH, "
+                           "or use --prior builtin for offline runs.") from error
+
+
+def _fetch(source: str, filename: str, local_files_only: bool) -> Path | None:
+    """A file of a diffusers layout (folder or hub repo), or None when the layout lacks it.
+    Failures to reach the hub propagate."""
+    if Path(source).is_dir():
+        path = Path(source) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(source, filename, local_files_only=local_files_only))
+    except EntryNotFoundError as exc:
+        if isinstance(exc, LocalEntryNotFoundError) and not local_files_only:
+            raise   # the network was needed and failed
+        return None
+
+
+def _read_json(source: str, filename: str, local_files_only: bool) -> dict | None:
+    path = _fetch(source, filename, local_files_only)
+    return None if path is None else json.loads(path.read_text(encoding="utf-8"))
+
+
+def _load_parts(source: str, local_files_only: bool) -> Zero123Components:
+    """All parts of a diffusers-layout Zero123 (folder or hub repo)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionModelWithProjection
+
+    index = _read_json(source, "model_index.json", local_files_only)
+    if index is None:
+        raise OSError(f"no model_index.json in '{source}'")
+    folder = next((name for name in PROJECTION_FOLDERS if name in index), None)
+    if folder is None:
+        raise DreamsculptError(
+            f"'{source}' is not a Zero123 model: its model_index.json names no camera projection "
+            f"({' or '.join(PROJECTION_FOLDERS)}). " + _WHAT_TO_DO)
+    kw = {"local_files_only": local_files_only}
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(source, subfolder="image_encoder", **kw)
+    projection = _load_projection(source, folder, local_files_only)
+    scheduler = _read_json(source, "scheduler/scheduler_config.json", local_files_only)
+    processor = _read_json(source, "feature_extractor/preprocessor_config.json", local_files_only)
+    return _assemble(unet, vae, encoder, projection, scheduler, processor)
+
+
+def _load_projection(source: str, folder: str, local_files_only: bool) -> torch.nn.Linear:
+    names = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
+    if Path(source).is_dir():   # a variant-only folder (e.g. *.fp16.safetensors)
+        names += sorted(p.name for p in (Path(source) / folder).glob("diffusion_pytorch_model.*"))
+    for name in names:
+        path = _fetch(source, f"{folder}/{name}", local_files_only)
+        if path is not None:
+            return _linear(_read_weights(path), f"{folder}/{name}")
+    raise OSError(f"no weights in {folder}/")
+
+
+def _read_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _linear(state: dict, where: str) -> torch.nn.Linear:
+    """The camera projection from any of the layouts: `weight`/`bias` (original checkpoint),
+    `projection.*` (kxic), `proj.*` (ashawkey, bennyguo)."""
+    weights = [k for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    if len(weights) != 1:
+        raise ValueError(f"{where} does not hold one linear layer")
+    weight = state[weights[0]].float()
+    bias = state.get(weights[0][: -len("weight")] + "bias")
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias.float())
+    return layer
+
+
+def _assemble(unet, vae, encoder, projection, scheduler: dict | None,
+              processor: dict | None) -> Zero123Components:
+    from diffusers import DDPMScheduler
+
+    if unet.config.in_channels != 8:
+        raise ValueError(f"its UNet takes {unet.config.in_channels} input channels, not Zero123's 8")
+    expected = (encoder.config.projection_dim + 4, unet.config.cross_attention_dim)
+    if (projection.in_features, projection.out_features) != expected:
+        raise ValueError(f"its camera projection maps {projection.in_features} -> "
+                         f"{projection.out_features}, not {expected[0]} -> {expected[1]}")
+    scheduler = {**ZERO123_SCHEDULER_CONFIG, **(scheduler or {})}
+    processor = processor or {}
+    alphas = DDPMScheduler.from_config(scheduler).alphas_cumprod.float()
+    return Zero123Components(
+        unet, vae, encoder, projection, alphas, scheduler,
+        prediction_type=scheduler.get("prediction_type", "epsilon"),
+        clip_mean=tuple(processor.get("image_mean", CLIP_MEAN)),
+        clip_std=tuple(processor.get("image_std", CLIP_STD)))
+
+
+def _freeze(parts: Zero123Components, device: torch.device, dtype: torch.dtype) -> None:
+    """Move to the device and freeze. The VAE stays float32 (SDS backpropagates through its
+    encoder and SD's VAE overflows in fp16; see stable_diffusion._freeze)."""
+    for module, module_dtype in ((parts.unet, dtype), (parts.image_encoder, dtype),
+                                 (parts.cc_projection, dtype), (parts.vae, torch.float32)):
+        module.requires_grad_(False).eval().to(device)
+        if next(module.parameters()).dtype != module_dtype:
+            module.to(module_dtype)
+    parts.alphas_cumprod = parts.alphas_cumprod.to(device, torch.float32)
+
+
+# --------------------------------------------------------------------------- one checkpoint
+
+_LDM_PARTS = {"model.diffusion_model.": "UNet", "first_stage_model.": "VAE",
+              "cond_stage_model.model.visual.": "CLIP image encoder", "cc_projection.": "camera projection"}
+
+
+def _load_single_file(path: Path) -> Zero123Components:
+    """An original zero123 LatentDiffusion checkpoint: `model.diffusion_model.*` (UNet; EMA
+    weights when the file has them, as zero123's loader uses), `first_stage_model.*` (VAE),
+    `cond_stage_model.model.visual.*` (OpenAI CLIP vision tower) and `cc_projection.*`.
+    Configs come from a diffusers folder holding the file when there is one (as for SD),
+    else the known Zero123 architecture; the CLIP config is read off the weights."""
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise DreamsculptError(f"'{path}' is not a .safetensors or .ckpt file. " + _WHAT_TO_DO)
+    try:
+        checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
+    except Exception as exc:  # unreadable in any way
+        raise DreamsculptError(
+            f"Could not read '{path}' as a checkpoint ({_first_line(exc)}); .ckpt files are read "
+            "as plain tensors only, so a training checkpoint with other objects must be saved "
+            "as .safetensors first. " + _WHAT_TO_DO) from exc
+    missing = [name for prefix, name in _LDM_PARTS.items()
+               if not any(key.startswith(prefix) for key in checkpoint)]
+    if missing:
+        raise DreamsculptError(f"'{path}' is not an original Zero123 checkpoint (no "
+                               f"{', '.join(missing)} weights). " + _WHAT_TO_DO)
+    configs = _configs_beside(path)
+    try:
+        return _convert_checkpoint(checkpoint, configs)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        where = ("the configs of the diffusers folder holding it do not fit it" if configs else
+                 "it is not the standard Zero123 architecture; put it inside a diffusers folder "
+                 "with the matching configs (model_index.json, unet/, vae/, image_encoder/)")
+        raise DreamsculptError(f"Could not load the checkpoint '{path}': {where} "
+                               f"({_first_line(exc)}). " + _WHAT_TO_DO) from exc
+
+
+def _configs_beside(path: Path) -> dict:
+    """{part: config dict} of the diffusers folder holding the file; {} when there is none."""
+    root = path.parent
+    if not (root / "model_index.json").is_file():
+        return {}
+    files = {"unet": "unet/config.json", "vae": "vae/config.json",
+             "image_encoder": "image_encoder/config.json",
+             "scheduler": "scheduler/scheduler_config.json",
+             "processor": "feature_extractor/preprocessor_config.json"}
+    return {part: json.loads((root / name).read_text(encoding="utf-8"))
+            for part, name in files.items() if (root / name).is_file()}
+
+
+def _convert_checkpoint(checkpoint: dict, configs: dict) -> Zero123Components:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet_config = configs.get("unet", ZERO123_UNET_CONFIG)
+    vae_config = configs.get("vae", ZERO123_VAE_CONFIG)
+    unet = _on_meta(lambda: UNet2DConditionModel.from_config(unet_config),
+                    convert_ldm_unet_checkpoint(checkpoint, unet_config, extract_ema=True))
+    vae = _on_meta(lambda: AutoencoderKL.from_config(vae_config),
+                   convert_ldm_vae_checkpoint(checkpoint, vae_config))
+    prefix = "cond_stage_model.model.visual."
+    visual = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
+    clip_config = CLIPVisionConfig.from_dict(configs.get("image_encoder") or _clip_config(visual))
+    encoder = _on_meta(lambda: CLIPVisionModelWithProjection(clip_config), openai_clip_to_hf(visual))
+    embeddings = encoder.vision_model.embeddings   # its position ids are not in any state dict
+    embeddings.register_buffer("position_ids", torch.arange(embeddings.num_positions)[None],
+                               persistent=False)
+    projection = _linear({k[len("cc_projection."):]: v for k, v in checkpoint.items()
+                          if k.startswith("cc_projection.")}, "cc_projection")
+    return _assemble(unet, vae, encoder, projection, configs.get("scheduler"),
+                     configs.get("processor"))
+
+
+def _on_meta(build: Callable[[], torch.nn.Module], state: dict) -> torch.nn.Module:
+    """Build a model without initialising its weights, then take `state`'s tensors; every
+    parameter must be given, and nothing more."""
+    with torch.device("meta"):
+        model = build()
+    expected = set(model.state_dict())
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(f"{type(model).__name__}: {len(missing)} weights missing "
+                         f"{missing[:2]}, {len(extra)} unexpected {extra[:2]}")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+_CLIP_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1",
+               "mlp.c_proj": "mlp.fc2", "attn.out_proj": "self_attn.out_proj"}
+
+
+def openai_clip_to_hf(visual: dict) -> dict:
+    """OpenAI CLIP `VisionTransformer` weights (clip.load(...).visual) -> transformers
+    CLIPVisionModelWithProjection keys. diffusers converts only CLIP *text* towers, so the
+    vision tower is mapped here: the fused attention in_proj splits into q, k, v (in that
+    order) and `proj` [width, dim] is the transposed `visual_projection.weight`."""
+    out = {"vision_model.embeddings.class_embedding": visual["class_embedding"],
+           "vision_model.embeddings.patch_embedding.weight": visual["conv1.weight"],
+           "vision_model.embeddings.position_embedding.weight": visual["positional_embedding"],
+           "visual_projection.weight": visual["proj"].t().contiguous()}
+    for ours, theirs in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
+        for param in ("weight", "bias"):
+            out[f"vision_model.{ours}.{param}"] = visual[f"{theirs}.{param}"]
+    for key, value in visual.items():
+        if not key.startswith("transformer.resblocks."):
+            continue
+        index, name = key[len("transformer.resblocks."):].split(".", 1)
+        layer = f"vision_model.encoder.layers.{index}."
+        module, param = name.rsplit(".", 1)
+        if module == "attn" and param.startswith("in_proj_"):
+            kind = param[len("in_proj_"):]
+            for part, chunk in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{layer}self_attn.{part}_proj.{kind}"] = chunk.contiguous()
+        else:
+            out[f"{layer}{_CLIP_BLOCK[module]}.{param}"] = value
+    return out
+
+
+def _clip_config(visual: dict) -> dict:
+    """A CLIPVisionConfig dict read off OpenAI vision weights (OpenAI CLIP: 64-d heads,
+    QuickGELU, LayerNorm eps 1e-5)."""
+    width, _, patch, _ = visual["conv1.weight"].shape
+    grid = round(math.sqrt(visual["positional_embedding"].shape[0] - 1))
+    layers = 1 + max(int(k.split(".")[2]) for k in visual if k.startswith("transformer.resblocks."))
+    return {**ZERO123_CLIP_CONFIG, "hidden_size": width, "patch_size": patch,
+            "image_size": grid * patch, "num_hidden_layers": layers,
+            "num_attention_heads": max(1, width // 64),
+            "intermediate_size": visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            "projection_dim": visual["proj"].shape[1]}
+
+
+# --------------------------------------------------------------------------- SDS guidance
+
+def _check_reference(rgb: torch.Tensor, camera: Cameras) -> None:
+    if rgb.ndim != 3 or rgb.shape[0] != 3:
+        raise ValueError(f"reference_rgb must be [3, S, S] in [0, 1], got {tuple(rgb.shape)}")
+    if len(camera) != 1:
+        raise ValueError(f"reference_camera must hold one camera, got {len(camera)}")
+
+
+class Zero123Guidance:
+    """Latent SDS with Zero123: renders from novel cameras are scored against the reference
+    image, conditioned on each camera relative to the reference camera."""
+
+    background = "white"
+
+    def __init__(self, config: GuidanceConfig, components: Zero123Components | None,
+                 reference_rgb: torch.Tensor, reference_camera: Cameras):
+        """reference_rgb: [3, S, S] in [0, 1] composited over white; reference_camera: the
+        orbit camera (azimuth, elevation, distance) it was seen from, length 1. Without
+        components, config.zero123_model is loaded on config.device."""
+        _check_reference(reference_rgb, reference_camera)
+        if components is None:
+            device = resolve_device(config.device)
+            components = load_zero123_components(config.zero123_model, device,
+                                                 resolve_dtype(config.fp16, device),
+                                                 config.zero123_variant)
+        self.parts = components
+        self.device = components.device
+        self.variant = (components.variant if config.zero123_variant == "auto"
+                        else resolve_variant(components.source, config.zero123_variant))
+        self.scale = DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None else config.guidance_scale
+        self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
+        self.reference_camera = reference_camera.to("cpu")
+        self.clip, self.concat = components.encode_views(reference_rgb[None])  # [1,1,P], [1,4,h,w]
+
+    def describe(self) -> str:
+        size, dtype = self.parts.native_size, str(self.parts.unet.dtype).replace("torch.", "")
+        return (f"Zero123 '{self.parts.source or 'preloaded'}' ({self.variant}, {size} px, "
+                f"{dtype}, {self.device}), guidance scale {self.scale:g}")
+
+    def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
+             generator: torch.Generator) -> GuidanceOutput:
+        """images: [B, 3, H, W] renders in [0, 1] over white, seen from `cameras`. Returns
+        d(SDS loss)/d(images), [B, 3, H, W]: w(t) (eps_cfg - eps), w = 1 - alpha_bar, taken
+        as d(loss)/d(latents) and pulled back through the VAE encoder and the resize."""
+        parts = self.parts
+        images_in = images.detach().requires_grad_(True)   # the caller's graph stays untouched
+        with torch.enable_grad():
+            x = _resize(images_in.to(self.device, torch.float32), parts.native_size)
+            posterior = parts.vae.encode(x * 2.0 - 1.0).latent_dist
+            latents = posterior.mean * parts.vae.config.scaling_factor   # [B, 4, h, w]
+        batch, steps_total = images.shape[0], parts.alphas_cumprod.shape[0]
+        t = self.schedule.sample(batch, progress, generator)
+        steps = (t * (steps_total - 1)).round().long().to(self.device)
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device)
+        noise = noise.to(self.device)
+        ab = parts.alphas_cumprod[steps].view(-1, 1, 1, 1)
+        noisy = ab.sqrt() * latents.detach() + (1.0 - ab).sqrt() * noise
+        poses = camera_embedding(self.reference_camera, cameras.to("cpu"), self.variant)
+        poses = poses.to(self.device)
+        hidden = parts.project(self.clip.expand(batch, -1, -1), poses)[None]
+        concat = self.concat.expand(batch, -1, -1, -1)[None]
+        out = parts.guided_output(noisy, steps, hidden, concat, self.scale)
+        g = (1.0 - ab) * (parts.to_epsilon(out, noisy, steps) - noise)
+        (image_grad,) = torch.autograd.grad(latents, images_in, grad_outputs=g)
+        return GuidanceOutput(grad=image_grad.detach().to(images.dtype),
+                              loss=float(g.pow(2).mean()),
+                              t=steps.float().cpu() / (steps_total - 1))
+
+
+# --------------------------------------------------------------------------- novel views
+
+@dataclass
+class _Progress:
+    total: int
+    on_step: Callable[[int, int], None] | None
+    should_cancel: Callable[[], bool] | None
+    done: int = 0
+
+    def check(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise CancelledError("Novel-view sampling was cancelled.")
+
+    def advance(self, views: int) -> None:
+        self.done += views
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+
+
+def _denoise(parts: Zero123Components, latents: torch.Tensor, hidden: torch.Tensor,
+             concat: torch.Tensor, steps: int, scale: float, progress: _Progress) -> torch.Tensor:
+    """DDIM (eta 0, deterministic) from noise `latents` [B, 4, h, w] with conditioning tokens
+    hidden [M, B, 1, D] and concat [M, B, 4, h, w]; returns the final latents."""
+    from diffusers import DDIMScheduler
+
+    # clip_sample off: clipping x0 to [-1, 1] is for pixels, not for latents.
+    scheduler = DDIMScheduler.from_config(parts.scheduler_config, clip_sample=False)
+    scheduler.set_timesteps(steps, device=latents.device)
+    latents = latents * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        progress.check()
+        timesteps = t.to(latents.device).long().expand(latents.shape[0])
+        out = parts.guided_output(latents, timesteps, hidden, concat, scale)
+        latents = scheduler.step(out, t, latents).prev_sample
+        progress.advance(latents.shape[0])
+    return latents
+
+
+@torch.no_grad()
+def sample_novel_views(components: Zero123Components, reference_rgb: torch.Tensor,
+                       reference_camera: Cameras, targets: Cameras, *, steps: int = 50,
+                       guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                       generator: torch.Generator | None = None, autoregressive: bool = False,
+                       neighbours: int = 2, on_step: Callable[[int, int], None] | None = None,
+                       should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """K novel views of the reference object: [K, 3, S, S] in [0, 1], S = native_size.
+
+    reference_rgb: [3, H, W] in [0, 1] over white, seen from reference_camera (length 1);
+    targets: the K cameras to draw. DDIM with `steps` steps and classifier-free guidance.
+    Batched over the K views, or with `autoregressive` (GeNVS-style) one at a time in order
+    of increasing angle from the reference, each conditioned on the reference plus the
+    `neighbours` nearest views already made (each with its own relative camera; their
+    conditional predictions are averaged before guidance). on_step(done, total) runs after
+    every denoising step, counting view-steps (total = K * steps; a batched step counts K);
+    should_cancel() is checked before every step and raises CancelledError. The starting
+    noise of view k is the same in both modes, so a seeded generator gives the same images
+    run after run."""
+    _check_reference(reference_rgb, reference_camera)
+    parts, count = components, len(targets)
+    reference_camera, targets = reference_camera.to("cpu"), targets.to("cpu")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    shape = (count, parts.unet.config.out_channels, parts.latent_size, parts.latent_size)
+    noise = torch.randn(shape, generator=generator, device=generator.device).to(parts.device)
+    progress = _Progress(count * steps, on_step, should_cancel)
+    ref_clip, ref_concat = parts.encode_views(reference_rgb[None])
+    if count == 0:
+        return torch.zeros(0, 3, parts.native_size, parts.native_size, device=parts.device)
+    if not autoregressive:
+        poses = camera_embedding(reference_camera, targets, parts.variant).to(parts.device)
+        hidden = parts.project(ref_clip.expand(count, -1, -1), poses)[None]
+        concat = ref_concat.expand(count, -1, -1, -1)[None]
+        return parts.decode(_denoise(parts, noise, hidden, concat, steps, guidance_scale, progress))
+
+    from_reference = angle_between_views(reference_camera.azimuth_deg, reference_camera.elevation_deg,
+                                         targets.azimuth_deg, targets.elevation_deg)
+    order = torch.argsort(from_reference, stable=True).tolist()
+    images: dict[int, torch.Tensor] = {}
+    encoded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for k in order:
+        target = targets[k]
+        made = list(images)
+        nearest = []
+        if made and neighbours > 0:
+            angles = angle_between_views(target.azimuth_deg, target.elevation_deg,
+                                         targets.azimuth_deg[made], targets.elevation_deg[made])
+            nearest = [made[i] for i in torch.argsort(angles, stable=True)[:neighbours].tolist()]
+        cams = [reference_camera] + [targets[j] for j in nearest]
+        clips = torch.cat([ref_clip] + [encoded[j][0] for j in nearest])        # [M, 1, P]
+        concat = torch.cat([ref_concat] + [encoded[j][1] for j in nearest])      # [M, 4, h, w]
+        poses = torch.cat([camera_embedding(cam, target, parts.variant) for cam in cams])
+        hidden = parts.project(clips, poses.to(parts.device))[:, None]          # [M, 1, 1, D]
+        latents = _denoise(parts, noise[k:k + 1], hidden, concat[:, None], steps,
+                           guidance_scale, progress)
+        images[k] = parts.decode(latents)
+        encoded[k] = parts.encode_views(images[k])
+    return torch.cat([images[k] for k in range(count)])
