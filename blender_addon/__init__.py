@@ -1,14 +1,16 @@
-"""Dreamsculpt for Blender: text to a coloured 3D mesh from a sidebar panel, made by the
-Dreamsculpt job server (`dreamsculpt serve`) and imported into the scene.
+"""Dreamsculpt for Blender: text, or the active camera's render, to a coloured 3D mesh (or to
+novel views) from a sidebar panel, made by the Dreamsculpt job server (`dreamsculpt serve`)
+and imported into the scene.
 
-Modules without bpy (client, jobs, plymesh, backend_process) talk HTTP, follow jobs and read
-meshes; the bpy modules (properties, preferences, operators, panels, importer) only show
-state and build Blender data on the main thread.
+Modules without bpy (client, jobs, plymesh, cameras, backend_process) talk HTTP, follow jobs,
+read meshes and do the camera maths; the bpy modules (properties, preferences, job_requests,
+capture, operators, history, panels, importer) capture the camera, show state and build
+Blender data on the main thread.
 """
 
 import bpy
 
-from . import backend_process, operators, panels, preferences, properties
+from . import backend_process, history, operators, panels, preferences, properties
 
 
 @bpy.app.handlers.persistent
@@ -28,6 +30,7 @@ def register() -> None:
     properties.register()
     bpy.utils.register_class(preferences.DreamsculptPreferences)
     operators.register()
+    history.register()
     panels.register()
     bpy.app.handlers.load_post.append(_auto_start)
     if not bpy.app.background:
@@ -40,6 +43,7 @@ def unregister() -> None:
     if bpy.app.timers.is_registered(_auto_start):
         bpy.app.timers.unregister(_auto_start)
     panels.unregister()
+    history.unregister()
     operators.unregister()
     bpy.utils.unregister_class(preferences.DreamsculptPreferences)
     properties.unregister()

@@ -74,6 +74,20 @@ def compatible(addon_version: str, backend_version: str) -> bool:
     return addon_version.split(".")[:2] == backend_version.split(".")[:2]
 
 
+#: The first bytes of the image files the backend takes, and their content types.
+IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
+
+
+def image_type(data: bytes) -> str | None:
+    """The content type of PNG, JPEG or WebP bytes, from their signature; None for anything else."""
+    for signature, content_type in IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return content_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 @dataclass
 class BackendState:
     """What the panel's backend box shows."""
@@ -92,11 +106,11 @@ class Client:
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
 
     def _request(self, method: str, path: str, body: dict | None = None, auth: bool = True,
-                 timeout: float | None = None) -> bytes:
-        data = None if body is None else json.dumps(body).encode()
+                 timeout: float | None = None, raw: bytes | None = None, content_type: str = "") -> bytes:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", content_type or "application/json")
         if auth:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -131,6 +145,16 @@ class Client:
 
     def jobs(self) -> list[dict]:
         return self._json("GET", "/jobs")["jobs"]
+
+    def upload_image(self, data: bytes) -> dict:
+        """POST /images: store a PNG, JPEG or WebP on the backend. Returns {"image": sha256,
+        "width", "height", "has_alpha"}; a job then names the image by its sha."""
+        content_type = image_type(data)
+        if content_type is None:
+            raise BackendError("That file is not a PNG, JPEG or WebP image. Pick an image file, or render the "
+                               "active camera instead.")
+        return json.loads(self._request("POST", "/images", raw=data, content_type=content_type,
+                                        timeout=max(self.timeout, 60)))
 
     def submit(self, body: dict) -> dict:
         return self._json("POST", "/jobs", body)

@@ -1,12 +1,18 @@
-"""The one place where arrays become Blender data: a mesh with a FLOAT_COLOR point colour
-attribute and a material that shows it. Main thread only (timers, operators)."""
+"""The one place where results become Blender data: a mesh with a FLOAT_COLOR point colour
+attribute and a material that shows it; novel views as packed images and image planes. Main
+thread only (timers, operators)."""
 
 from __future__ import annotations
 
+import shutil
 from array import array
+from pathlib import Path
 
 import bpy
+from mathutils import Matrix
 
+from . import cameras
+from .jobs import ViewSet
 from .plymesh import MeshArrays
 
 COLLECTION = "Dreamsculpt"
@@ -61,9 +67,10 @@ def build_mesh(name: str, arrays: MeshArrays) -> bpy.types.Mesh:
 
 
 def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, properties: dict,
-                  replace: bpy.types.Object | None = None) -> bpy.types.Object:
-    """Add the mesh as an object at the 3D cursor in the "Dreamsculpt" collection, with
-    `properties` as custom properties; `replace` (an earlier result) is removed."""
+                  replace: bpy.types.Object | None = None, placement: list | None = None) -> bpy.types.Object:
+    """Add the mesh as an object in the "Dreamsculpt" collection, with `properties` as custom
+    properties: at the 3D cursor, or, given `placement` (an image job's canonical -> world 4x4,
+    row-major), where the camera saw the object. `replace` (an earlier result) is removed."""
     scene = context.scene
     mesh = build_mesh(name, arrays)
     obj = bpy.data.objects.new(name, mesh)
@@ -73,6 +80,9 @@ def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, pro
         obj[key] = value
     if replace is not None:
         obj.location, obj.rotation_euler, obj.scale = replace.location, replace.rotation_euler, replace.scale
+    if placement is not None:
+        obj.matrix_world = Matrix(placement)
+    if replace is not None:
         old_mesh = replace.data
         bpy.data.objects.remove(replace)
         if old_mesh is not None and old_mesh.users == 0:
@@ -83,3 +93,97 @@ def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, pro
     context.view_layer.objects.active = obj
     bpy.ops.ed.undo_push(message=f"Dreamsculpt: import {name}")
     return obj
+
+
+VIEWS_COLLECTION = "Dreamsculpt Views"
+
+
+def load_view_images(views: ViewSet, label: str, properties: dict) -> tuple[list, bpy.types.Image | None]:
+    """Load each view (and the contact sheet) as a packed image, so nothing is lost when the
+    download folder goes; `properties` become custom properties. Returns (views, sheet)."""
+
+    def load(path: str, name: str) -> bpy.types.Image:
+        image = bpy.data.images.load(path, check_existing=False)
+        image.name = name
+        image.pack()
+        for key, value in properties.items():
+            image[key] = value
+        return image
+
+    images = [load(view["path"], f"Dreamsculpt {label} {Path(view['file']).stem}") for view in views.views]
+    sheet = load(views.sheet, f"Dreamsculpt {label} views") if views.sheet else None
+    return images, sheet
+
+
+def show_in_image_editor(context: bpy.types.Context, image: bpy.types.Image) -> bool:
+    """Show `image` in the first open Image Editor; False when none is open."""
+    for window in getattr(context.window_manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type == "IMAGE_EDITOR":
+                area.spaces.active.image = image
+                area.tag_redraw()
+                return True
+    return False
+
+
+def view_material(image: bpy.types.Image) -> bpy.types.Material:
+    """Unlit and alpha blended: the picture's colour as emission, its alpha as transparency."""
+    material = bpy.data.materials.new(image.name)
+    material.use_nodes = True
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    nodes.clear()
+    texture, emission, transparent = (nodes.new("ShaderNodeTexImage"), nodes.new("ShaderNodeEmission"),
+                                      nodes.new("ShaderNodeBsdfTransparent"))
+    mix, output = nodes.new("ShaderNodeMixShader"), nodes.new("ShaderNodeOutputMaterial")
+    texture.image = image
+    links.new(texture.outputs["Color"], emission.inputs["Color"])
+    links.new(texture.outputs["Alpha"], mix.inputs["Fac"])
+    links.new(transparent.outputs["BSDF"], mix.inputs[1])
+    links.new(emission.outputs["Emission"], mix.inputs[2])
+    links.new(mix.outputs["Shader"], output.inputs["Surface"])
+    for node, x in ((texture, -600), (emission, -300), (transparent, -300), (mix, -100), (output, 100)):
+        node.location = (x, -150 if node is transparent else 0)
+    if hasattr(material, "surface_render_method"):   # EEVEE Next (4.2+)
+        material.surface_render_method = "BLENDED"
+    else:
+        material.blend_method = "BLEND"
+    material.use_backface_culling = False
+    return material
+
+
+def view_plane(name: str, image: bpy.types.Image, matrix: list, side: float) -> bpy.types.Object:
+    """A square plane of side `side` with `image` on it, placed by `matrix` (4x4 row-major)."""
+    h = side / 2.0
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata([(-h, -h, 0.0), (h, -h, 0.0), (h, h, 0.0), (-h, h, 0.0)], [], [(0, 1, 2, 3)])
+    uv = mesh.uv_layers.new(name="UVMap")
+    uv.data.foreach_set("uv", (0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0))
+    mesh.materials.append(view_material(image))
+    obj = bpy.data.objects.new(name, mesh)
+    obj.matrix_world = Matrix(matrix)
+    obj.visible_shadow = False
+    return obj
+
+
+def import_views(context: bpy.types.Context, views: ViewSet, label: str, planes: bool,
+                 properties: dict) -> tuple[list[bpy.types.Image], list[bpy.types.Object]]:
+    """The novel views as packed images, shown in an open Image Editor; with `planes`, also an
+    image plane per view where its camera stands, facing the object, in "Dreamsculpt Views"."""
+    images, sheet = load_view_images(views, label, properties)
+    show_in_image_editor(context, sheet or images[0])
+    objects = []
+    if planes:
+        collection = bpy.data.collections.get(VIEWS_COLLECTION) or bpy.data.collections.new(VIEWS_COLLECTION)
+        if collection.name not in context.scene.collection.children:
+            context.scene.collection.children.link(collection)
+        centre = cameras.translation(views.placement)
+        for view, image in zip(views.views, images):
+            matrix, side = cameras.view_plane(view["matrix_world"], centre, float(view.get("fov_deg", 40.0)))
+            obj = view_plane(image.name, image, matrix, side)
+            for key, value in properties.items():
+                obj[key] = value
+            collection.objects.link(obj)
+            objects.append(obj)
+    shutil.rmtree(views.folder, ignore_errors=True)   # everything is packed
+    bpy.ops.ed.undo_push(message=f"Dreamsculpt: novel views {label}")
+    return images, objects

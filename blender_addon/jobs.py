@@ -1,49 +1,87 @@
 """Following one backend job from a background thread. No `bpy`.
 
-The thread polls the job, downloads each new preview and, when the job is done, downloads
-and parses the mesh. Blender's main thread only reads `snapshot()` from a timer (a lock and
-a copy: microseconds) and builds the object from arrays that are ready, so the UI never
+The thread (optionally) uploads the image and submits the job, polls it, downloads each new
+preview and, when the job is done, downloads and parses its result: the mesh (and, for an
+image-to-3D job, the placement from run.json) or the novel views (views.json and the view
+images, into a temporary folder). Blender's main thread only reads `snapshot()` from a timer
+(a lock and a copy: microseconds) and builds objects from data that is ready, so the UI never
 waits on the network or on parsing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import cameras
 from .client import BackendDown, BackendError, Client
 from .plymesh import MeshArrays, PlyError, read_ply
 
 FINISHED = ("done", "failed", "cancelled")
 #: Consecutive failed polls (about 10 s) before the backend counts as gone.
 MAX_MISSES = 20
+VIEW_FILE = re.compile(r"view_\d{2}\.png")
+
+
+@dataclass
+class ViewSet:
+    """A novel-views result on this machine: `folder` holds the view images (and the contact
+    sheet); each view is views.json's entry with "path" added."""
+
+    folder: str
+    views: list[dict]
+    placement: cameras.Matrix
+    sheet: str = ""                       # novel_views.png, when the backend made one
 
 
 @dataclass
 class Snapshot:
     job: dict = field(default_factory=dict)     # the latest GET /jobs/{id}
+    job_id: str = ""                             # "" until the job is submitted
     preview_path: str = ""
     preview_version: int = 0                     # bumps when a new preview file is written
     mesh: MeshArrays | None = None               # the result, parsed, once the job is done
+    placement: cameras.Matrix | None = None      # image_to_3d: canonical -> world (run.json)
+    views: ViewSet | None = None                 # novel_views: the downloaded views
     error: str = ""                              # what went wrong and what to do
     finished: bool = False
 
     @property
     def status(self) -> str:
-        return self.job.get("status", "queued")
+        return self.job.get("status", "queued" if self.job_id else "uploading")
+
+    @property
+    def has_result(self) -> bool:
+        return self.mesh is not None or self.views is not None
 
 
 class JobWatcher:
-    def __init__(self, client: Client, job_id: str, preview_dir: Path, poll_s: float = 0.5):
-        self.client, self.job_id, self.poll_s = client, job_id, poll_s
+    """Follows job `job_id`; or, given `submit` (a callable returning the new job, e.g. an
+    upload and a POST /jobs), submits it first on the same thread. `kind` says which result to
+    fetch (default: the job's own "kind")."""
+
+    def __init__(self, client: Client, job_id: str, preview_dir: Path, poll_s: float = 0.5,
+                 submit: Callable[[], dict] | None = None, kind: str = ""):
+        self.client, self.poll_s, self.kind = client, poll_s, kind
         self.preview_dir = Path(preview_dir)
+        self._submit = submit
         self._lock = threading.Lock()
-        self._snap = Snapshot()
+        self._snap = Snapshot(job_id=job_id)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"dreamsculpt-{job_id}", daemon=True)
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dreamsculpt-{job_id or 'submit'}", daemon=True)
+
+    @property
+    def job_id(self) -> str:
+        with self._lock:
+            return self._snap.job_id
 
     def start(self) -> "JobWatcher":
         self._thread.start()
@@ -52,10 +90,13 @@ class JobWatcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def request_cancel(self) -> None:
+        """Cancel a job that is still being submitted, as soon as it has an id."""
+        self._cancel.set()
+
     def snapshot(self) -> Snapshot:
         with self._lock:
-            s = self._snap
-            return Snapshot(dict(s.job), s.preview_path, s.preview_version, s.mesh, s.error, s.finished)
+            return replace(self._snap, job=dict(self._snap.job))
 
     def _set(self, **changes) -> None:
         with self._lock:
@@ -64,6 +105,10 @@ class JobWatcher:
 
     def run_blocking(self, on_update=None) -> Snapshot:
         """Follow the job on the calling thread (headless Blender); `on_update(snapshot)` after each poll."""
+        if self._submit is not None and not self.job_id and not self._submit_now():
+            if on_update:
+                on_update(self.snapshot())
+            return self.snapshot()
         misses = 0
         while not self._stop.is_set():
             try:
@@ -82,6 +127,23 @@ class JobWatcher:
             on_update(self.snapshot())
         return self.snapshot()
 
+    def _submit_now(self) -> bool:
+        try:
+            job = self._submit()
+        except BackendError as exc:
+            self._set(error=str(exc), finished=True)
+            return False
+        except OSError as exc:
+            self._set(error=f"The image could not be read ({exc}). Capture or pick it again.", finished=True)
+            return False
+        self._set(job_id=job["id"], job=job)
+        if self._cancel.is_set():
+            try:
+                self.client.cancel(job["id"])
+            except BackendError:
+                pass   # the polls say how it ends
+        return True
+
     def _run(self) -> None:
         try:
             self.run_blocking()
@@ -90,8 +152,9 @@ class JobWatcher:
 
     def poll_once(self) -> bool:
         """One poll; True when the job has ended (the snapshot then says how)."""
+        job_id = self.job_id
         try:
-            job = self.client.job(self.job_id)
+            job = self.client.job(job_id)
         except BackendDown:
             raise
         except BackendError as exc:
@@ -104,15 +167,9 @@ class JobWatcher:
         if status == "done":
             self._set(job=job)
             try:
-                mesh = read_ply(self.client.download(self.job_id, "result.ply"))
-            except (BackendError, PlyError) as exc:
+                self._set(finished=True, **self._fetch_result(job))
+            except (BackendError, PlyError, ValueError, OSError) as exc:
                 self._set(error=f"The result could not be fetched: {exc}", finished=True)
-                return True
-            if mesh.face_count == 0:
-                self._set(error="The job finished but its mesh is empty. Run it again with more steps or "
-                                "another seed.", finished=True)
-                return True
-            self._set(mesh=mesh, finished=True)
             return True
         if status in ("failed", "cancelled"):
             error = (job.get("error") or "The job failed.") if status == "failed" else ""
@@ -120,6 +177,41 @@ class JobWatcher:
             return True
         self._set(job=job)
         return False
+
+    def _fetch_result(self, job: dict) -> dict:
+        """The snapshot fields of a finished job's result (downloads and parsing: this thread)."""
+        kind = self.kind or job.get("kind") or "text_to_3d"
+        if kind == "novel_views":
+            return {"views": self._fetch_views()}
+        mesh = read_ply(self.client.download(self.job_id, "result.ply"))
+        if mesh.face_count == 0:
+            return {"error": "The job finished but its mesh is empty. Run it again with more steps or another seed."}
+        if kind != "image_to_3d":
+            return {"mesh": mesh}
+        placement = json.loads(self.client.download(self.job_id, "run.json")).get("placement")
+        if not cameras.is_matrix(placement):
+            raise ValueError("run.json has no 4x4 'placement'; is the backend the same version as the add-on?")
+        return {"mesh": mesh, "placement": placement}
+
+    def _fetch_views(self) -> ViewSet:
+        meta = json.loads(self.client.download(self.job_id, "views.json"))
+        views, placement = meta.get("views"), meta.get("placement")
+        if not isinstance(views, list) or not views or not cameras.is_matrix(placement):
+            raise ValueError("views.json has no views or no placement")
+        folder = Path(tempfile.mkdtemp(prefix=f"dreamsculpt-views-{self.job_id}-"))
+        result = ViewSet(str(folder), [], placement)
+        for view in views:
+            name = view.get("file", "")
+            if not VIEW_FILE.fullmatch(name) or not cameras.is_matrix(view.get("matrix_world")):
+                raise ValueError(f"views.json has a bad view entry: {json.dumps(view)[:200]}")
+            (folder / name).write_bytes(self.client.download(self.job_id, name))
+            result.views.append({**view, "path": str(folder / name)})
+        try:
+            (folder / "novel_views.png").write_bytes(self.client.download(self.job_id, "novel_views.png"))
+            result.sheet = str(folder / "novel_views.png")
+        except BackendError:
+            pass   # the views are the result; the contact sheet is a nicety
+        return result
 
     def _fetch_preview(self, version: int) -> None:
         try:
@@ -132,3 +224,14 @@ class JobWatcher:
         tmp.write_bytes(data)
         os.replace(tmp, path)
         self._set(preview_path=str(path), preview_version=version + 1)
+
+
+def upload_and_submit(client: Client, image_path: str, body: dict) -> Callable[[], dict]:
+    """A `submit` for JobWatcher: read the image, POST /images, then POST /jobs naming it."""
+
+    def submit() -> dict:
+        data = Path(image_path).read_bytes()
+        image = client.upload_image(data)
+        return client.submit({**body, "image": image["image"]})
+
+    return submit

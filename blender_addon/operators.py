@@ -1,22 +1,28 @@
-"""Operators: generate, cancel, seed, backend start/stop, history. Network work happens on
+"""Operators: generate (every mode), cancel, seed, backend start/stop. Network work happens on
 background threads (jobs.JobWatcher, BackendMonitor); a timer on the main thread copies
-their results into the Scene and builds meshes."""
+their results into the Scene and builds meshes and images."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
+import uuid
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import EnumProperty, StringProperty
 
 from . import backend_process, importer
 from .client import BackendError, BackendState
-from .jobs import JobWatcher, Snapshot
+from .job_requests import image_request_body, prepare_image, request_body
+from .jobs import JobWatcher, Snapshot, upload_and_submit
 from .preferences import addon_version, make_client, start_backend, user_folder
 
 POLL_S = 0.25
+WAIT_ITEMS = [("AUTO", "Auto", "Wait only in background mode (blender -b)"),
+              ("YES", "Yes", "Block until the job ends"),
+              ("NO", "No", "Return at once; a timer follows the job")]
 #: job id -> (watcher, scene name)
 WATCHERS: dict[str, tuple[JobWatcher, str]] = {}
 
@@ -60,31 +66,28 @@ class BackendMonitor:
 MONITOR = BackendMonitor()
 
 
-def request_body(s) -> dict:
-    """The POST /jobs body for the panel's settings."""
-    body = {"kind": "text_to_3d", "prompt": s.prompt, "negative": s.negative, "prior": s.prior,
-            "seed": s.seed, "preset": s.preset, "mesh": {}}
-    if s.prior == "sd":
-        body["model"] = s.model
-    if s.prior == "references":
-        body["references"] = bpy.path.abspath(s.references)
-    if s.steps:
-        body["steps"] = s.steps
-    if s.guidance_scale:
-        body["guidance_scale"] = s.guidance_scale
-    if s.mesh_resolution:
-        body["mesh"]["resolution"] = s.mesh_resolution
-    if s.threshold:
-        body["mesh"]["threshold"] = s.threshold
-    return body
-
-
 def _object_name(prompt: str) -> str:
     return (" ".join(prompt.split())[:60] or "Dreamsculpt").strip()
 
 
 def _entry(settings, job_id: str):
     return next((e for e in settings.history if e.job_id == job_id), None)
+
+
+def adopt_job_id(scene, key: str, snap: Snapshot) -> str:
+    """A job submitted on a thread is known by a local key until the backend gives its id;
+    then the history entry, the running job and WATCHERS take the real id. Returns the id to use."""
+    if not snap.job_id or snap.job_id == key:
+        return key
+    s = scene.dreamsculpt
+    entry = _entry(s, key)
+    if entry is not None:
+        entry.job_id = snap.job_id
+    if s.job_id == key:
+        s.job_id = snap.job_id
+    if key in WATCHERS:
+        WATCHERS[snap.job_id] = WATCHERS.pop(key)
+    return snap.job_id
 
 
 def apply_snapshot(scene, job_id: str, snap: Snapshot) -> None:
@@ -103,12 +106,12 @@ def apply_snapshot(scene, job_id: str, snap: Snapshot) -> None:
 
 
 def finish(context, scene, job_id: str, snap: Snapshot) -> tuple[str, str]:
-    """Import a finished job's mesh or record why there is none. Returns (level, message)."""
+    """Import a finished job's result or record why there is none. Returns (level, message)."""
     s = scene.dreamsculpt
     entry = _entry(s, job_id)
     if s.job_id == job_id:
         s.job_id = ""
-    if snap.mesh is None:
+    if not snap.has_result:
         status = snap.status if snap.status in ("failed", "cancelled") else "failed"
         if entry is not None:
             entry.status, entry.error = status, snap.error
@@ -116,18 +119,43 @@ def finish(context, scene, job_id: str, snap: Snapshot) -> tuple[str, str]:
             return "INFO", f"Job {job_id} was cancelled."
         s.last_error = snap.error
         return "ERROR", snap.error or f"Job {job_id} failed."
-    prompt = entry.prompt if entry else s.prompt
+    if snap.views is not None:
+        name, message = _import_views(context, s, entry, job_id, snap)
+    else:
+        name, message = _import_mesh(context, s, entry, job_id, snap)
+    if entry is not None:
+        entry.status, entry.object_name, entry.error = "done", name, ""
+    s.last_error = ""
+    return "INFO", message
+
+
+def _import_mesh(context, s, entry, job_id: str, snap: Snapshot) -> tuple[str, str]:
+    """A text job's mesh at the 3D cursor, or an image job's where its camera saw the object."""
+    properties = {"dreamsculpt_job_id": job_id, "dreamsculpt_seed": entry.seed if entry else s.seed}
+    if snap.placement is None:
+        prompt = entry.prompt if entry else s.prompt
+        name = _object_name(prompt)
+        properties.update(dreamsculpt_prompt=prompt, dreamsculpt_model=(entry.model or entry.prior) if entry
+                          else (s.model if s.prior == "sd" else s.prior))
+    else:
+        source = entry.source if entry else "image"
+        name = _object_name(f"{source} 3D")
+        properties.update(dreamsculpt_source=source, dreamsculpt_prompt=entry.prompt if entry else "",
+                          dreamsculpt_model=(entry.model or entry.prior) if entry else "")
     replace = None
     if entry is not None and s.replace_previous and entry.object_name:
         replace = bpy.data.objects.get(entry.object_name)
-    obj = importer.import_result(context, snap.mesh, _object_name(prompt), {
-        "dreamsculpt_job_id": job_id, "dreamsculpt_prompt": prompt,
-        "dreamsculpt_seed": entry.seed if entry else s.seed,
-        "dreamsculpt_model": (entry.model if entry else s.model) or (entry.prior if entry else s.prior)}, replace)
-    if entry is not None:
-        entry.status, entry.object_name, entry.error = "done", obj.name, ""
-    s.last_error = ""
-    return "INFO", f"Imported '{obj.name}' ({snap.mesh.vertex_count} vertices, {snap.mesh.face_count} faces)."
+    obj = importer.import_result(context, snap.mesh, name, properties, replace, snap.placement)
+    return obj.name, f"Imported '{obj.name}' ({snap.mesh.vertex_count} vertices, {snap.mesh.face_count} faces)."
+
+
+def _import_views(context, s, entry, job_id: str, snap: Snapshot) -> tuple[str, str]:
+    """A novel-views job's images (and, if asked, image planes)."""
+    properties = {"dreamsculpt_job_id": job_id, "dreamsculpt_source": entry.source if entry else ""}
+    planes = entry.view_planes if entry else s.view_planes
+    images, objects = importer.import_views(context, snap.views, job_id[-6:], planes, properties)
+    message = f"Loaded {len(images)} novel views" + (f" and {len(objects)} image planes." if objects else ".")
+    return images[0].name, message
 
 
 def _redraw() -> None:
@@ -146,6 +174,7 @@ def tick() -> float | None:
             del WATCHERS[job_id]
             continue
         snap = watcher.snapshot()
+        job_id = adopt_job_id(scene, job_id, snap)
         apply_snapshot(scene, job_id, snap)
         if snap.preview_version:
             from . import panels
@@ -188,20 +217,79 @@ class DREAMSCULPT_OT_report(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _follow(op, context, watcher: JobWatcher, key: str, wait: str) -> set:
+    """Follow a job: on this thread in background Blender (or wait="YES"), else with the timer."""
+    if wait == "YES" or (wait == "AUTO" and bpy.app.background):
+        return _follow_here(op, context, watcher, key)
+    WATCHERS[key] = (watcher.start(), context.scene.name)
+    if not bpy.app.timers.is_registered(tick):
+        bpy.app.timers.register(tick, first_interval=POLL_S)
+    op.report({"INFO"}, f"Job {key} queued." if watcher.job_id else "Sending the image…")
+    return {"FINISHED"}
+
+
+def _follow_here(op, context, watcher: JobWatcher, key: str) -> set:
+    shown = {"line": ""}
+
+    def progress(snap: Snapshot) -> None:
+        job = snap.job
+        line = f"{snap.status} {job.get('stage', '')} {job.get('step', 0)}/{job.get('total', 0)}"
+        if line != shown["line"]:
+            eta = job.get("eta_s")
+            print(f"Dreamsculpt {snap.job_id or key}: {line}" + (f", ETA {eta:.0f} s" if eta else ""), flush=True)
+            shown["line"] = line
+
+    snap = watcher.run_blocking(progress)
+    job_id = adopt_job_id(context.scene, key, snap)
+    apply_snapshot(context.scene, job_id, snap)
+    level, message = finish(context, context.scene, job_id, snap)
+    op.report({level}, message)
+    return {"FINISHED"} if level == "INFO" and snap.has_result else {"CANCELLED"}
+
+
+def submit_image_job(op, context, image_path: str, body: dict, source: str, planes: bool, wait: str) -> set:
+    """Upload the image and submit `body` on the job's thread; a history entry records it all
+    (known by a local key until the backend gives the job's id)."""
+    s = context.scene.dreamsculpt
+    try:
+        client = make_client(context)
+    except BackendError as exc:
+        op.report({"ERROR"}, str(exc))
+        return {"CANCELLED"}
+    key = f"local-{uuid.uuid4().hex[:12]}"
+    entry = s.history.add()
+    entry.job_id, entry.mode, entry.source, entry.image_path = key, body["kind"], source, image_path
+    entry.request, entry.view_planes = json.dumps(body), planes
+    entry.prompt, entry.prior, entry.seed = body.get("prompt", ""), body["prior"], body["seed"]
+    entry.model, entry.preset = body.get("model", ""), body.get("preset", "")
+    entry.status, entry.created = "uploading", time.strftime("%Y-%m-%d %H:%M")
+    s.history_index = len(s.history) - 1
+    s.job_id, s.job_status, s.job_stage, s.job_step, s.job_total, s.last_error = key, "uploading", "", 0, 0, ""
+    watcher = JobWatcher(client, "", user_folder("previews"), poll_s=POLL_S, kind=body["kind"],
+                         submit=upload_and_submit(client, image_path, body))
+    return _follow(op, context, watcher, key, wait)
+
+
 class DREAMSCULPT_OT_generate(bpy.types.Operator):
-    """Send the prompt to the Dreamsculpt backend and import the mesh it makes"""
+    """Make the panel's mode from its settings: a mesh from the prompt, or a mesh or novel
+    views from the active camera's render or an image file"""
 
     bl_idname, bl_label, bl_options = "dreamsculpt.generate", "Generate", {"REGISTER"}
-    wait: EnumProperty(name="Wait", items=[("AUTO", "Auto", "Wait only in background mode (blender -b)"),
-                                           ("YES", "Yes", "Block until the job ends"),
-                                           ("NO", "No", "Return at once; a timer follows the job")],
-                       default="AUTO", options={"SKIP_SAVE"})
+    wait: EnumProperty(name="Wait", items=WAIT_ITEMS, default="AUTO", options={"SKIP_SAVE"})
 
     def execute(self, context):
         s = context.scene.dreamsculpt
         if s.job_id and s.job_id in WATCHERS:
             self.report({"ERROR"}, "A job is already running in this scene: wait for it or cancel it.")
             return {"CANCELLED"}
+        if s.mode != "text_to_3d":
+            try:
+                image_path, source, camera, depth = prepare_image(context, s)
+            except BackendError as exc:   # nothing in the scene changes
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
+            return submit_image_job(self, context, image_path, image_request_body(s, camera, depth), source,
+                                    s.view_planes and s.mode == "novel_views", self.wait)
         try:
             client = make_client(context)
             job = client.submit(request_body(s))
@@ -216,30 +304,7 @@ class DREAMSCULPT_OT_generate(bpy.types.Operator):
         s.history_index = len(s.history) - 1
         s.job_id, s.job_status, s.job_step, s.job_total, s.last_error = job["id"], job["status"], 0, job["total"], ""
         watcher = JobWatcher(client, job["id"], user_folder("previews"), poll_s=POLL_S)
-        if self.wait == "YES" or (self.wait == "AUTO" and bpy.app.background):
-            return self._follow_here(context, watcher, job["id"])
-        WATCHERS[job["id"]] = (watcher.start(), context.scene.name)
-        if not bpy.app.timers.is_registered(tick):
-            bpy.app.timers.register(tick, first_interval=POLL_S)
-        self.report({"INFO"}, f"Job {job['id']} queued.")
-        return {"FINISHED"}
-
-    def _follow_here(self, context, watcher: JobWatcher, job_id: str):
-        shown = {"line": ""}
-
-        def progress(snap: Snapshot) -> None:
-            job = snap.job
-            line = f"{snap.status} {job.get('stage', '')} {job.get('step', 0)}/{job.get('total', 0)}"
-            if line != shown["line"]:
-                eta = job.get("eta_s")
-                print(f"Dreamsculpt {job_id}: {line}" + (f", ETA {eta:.0f} s" if eta else ""), flush=True)
-                shown["line"] = line
-
-        snap = watcher.run_blocking(progress)
-        apply_snapshot(context.scene, job_id, snap)
-        level, message = finish(context, context.scene, job_id, snap)
-        self.report({level}, message)
-        return {"FINISHED"} if level == "INFO" and snap.mesh is not None else {"CANCELLED"}
+        return _follow(self, context, watcher, job["id"], self.wait)
 
 
 class DREAMSCULPT_OT_cancel(bpy.types.Operator):
@@ -253,6 +318,11 @@ class DREAMSCULPT_OT_cancel(bpy.types.Operator):
 
     def execute(self, context):
         s = context.scene.dreamsculpt
+        watcher = WATCHERS.get(s.job_id, (None, ""))[0]
+        if watcher is not None and not watcher.job_id:   # still uploading: cancel once it has an id
+            watcher.request_cancel()
+            s.job_stage = "cancelling"
+            return {"FINISHED"}
         try:
             make_client(context).cancel(s.job_id)
         except BackendError as exc:
@@ -324,103 +394,8 @@ class DREAMSCULPT_OT_refresh_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class _HistoryOperator:
-    index: IntProperty(default=-1, options={"SKIP_SAVE"})
-
-    def entry(self, context):
-        history = context.scene.dreamsculpt.history
-        index = self.index if self.index >= 0 else context.scene.dreamsculpt.history_index
-        return history[index] if 0 <= index < len(history) else None
-
-
-class DREAMSCULPT_OT_history_import(_HistoryOperator, bpy.types.Operator):
-    """Import this job's mesh again"""
-
-    bl_idname, bl_label = "dreamsculpt.history_import", "Import Again"
-
-    def execute(self, context):
-        entry = self.entry(context)
-        if entry is None:
-            return {"CANCELLED"}
-        if entry.status != "done":
-            self.report({"ERROR"}, f"Job {entry.job_id} is {entry.status}; only a finished job can be imported.")
-            return {"CANCELLED"}
-        try:
-            client = make_client(context)
-        except BackendError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        watcher = JobWatcher(client, entry.job_id, user_folder("previews"))
-        snap = watcher.run_blocking()   # a finished job: one poll and one download
-        level, message = finish(context, context.scene, entry.job_id, snap)
-        self.report({level}, message)
-        return {"FINISHED"} if snap.mesh is not None else {"CANCELLED"}
-
-
-def to_editor(entry, s, settings_too: bool) -> None:
-    """Put a history entry's prompt, negative prompt and seed back into the editor; with
-    `settings_too`, also its prior, model, reference folder and preset (to run it again)."""
-    s.prompt, s.negative, s.seed = entry.prompt, entry.negative, entry.seed
-    if settings_too:
-        s.prior = entry.prior
-        s.model = entry.model or s.model
-        s.references = entry.references or s.references
-        s.preset = entry.preset or s.preset
-
-
-class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
-    """Run this job again, with the same seed or a new one"""
-
-    bl_idname, bl_label = "dreamsculpt.history_rerun", "Run Again"
-    new_seed: BoolProperty(name="New Seed", default=False, options={"SKIP_SAVE"})
-
-    def execute(self, context):
-        entry, s = self.entry(context), context.scene.dreamsculpt
-        if entry is None:
-            return {"CANCELLED"}
-        to_editor(entry, s, settings_too=True)
-        if self.new_seed:
-            s.seed = random.randrange(2**31 - 1)
-        return bpy.ops.dreamsculpt.generate()
-
-
-class DREAMSCULPT_OT_history_copy_prompt(_HistoryOperator, bpy.types.Operator):
-    """Copy this job's prompt, negative prompt and seed back into the editor"""
-
-    bl_idname, bl_label, bl_options = "dreamsculpt.history_copy_prompt", "Edit Prompt", {"REGISTER", "UNDO"}
-
-    def execute(self, context):
-        entry = self.entry(context)
-        if entry is None:
-            return {"CANCELLED"}
-        to_editor(entry, context.scene.dreamsculpt, settings_too=False)
-        return {"FINISHED"}
-
-
-class DREAMSCULPT_OT_history_delete(_HistoryOperator, bpy.types.Operator):
-    """Remove this job from the history and from the backend"""
-
-    bl_idname, bl_label, bl_options = "dreamsculpt.history_delete", "Delete", {"REGISTER", "UNDO"}
-
-    def execute(self, context):
-        entry, s = self.entry(context), context.scene.dreamsculpt
-        if entry is None:
-            return {"CANCELLED"}
-        try:
-            make_client(context).delete(entry.job_id)
-        except BackendError as exc:
-            if getattr(exc, "status", None) != 404:   # already gone from the backend: fine
-                self.report({"WARNING"}, f"Removed from the history only: {exc}")
-        index = list(s.history).index(entry)
-        s.history.remove(index)
-        s.history_index = min(s.history_index, len(s.history) - 1)
-        return {"FINISHED"}
-
-
 CLASSES = (DREAMSCULPT_OT_report, DREAMSCULPT_OT_generate, DREAMSCULPT_OT_cancel, DREAMSCULPT_OT_randomize_seed,
-           DREAMSCULPT_OT_start_backend, DREAMSCULPT_OT_stop_backend, DREAMSCULPT_OT_refresh_backend,
-           DREAMSCULPT_OT_history_import, DREAMSCULPT_OT_history_rerun, DREAMSCULPT_OT_history_copy_prompt,
-           DREAMSCULPT_OT_history_delete)
+           DREAMSCULPT_OT_start_backend, DREAMSCULPT_OT_stop_backend, DREAMSCULPT_OT_refresh_backend)
 
 
 def register() -> None:

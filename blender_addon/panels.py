@@ -81,6 +81,46 @@ def draw_progress(layout, s) -> None:
     layout.operator("dreamsculpt.cancel", icon="CANCEL")
 
 
+def draw_text_mode(col, s) -> None:
+    col.prop(s, "prompt", text="")
+    if s.prior == "sd":
+        col.prop(s, "negative", text="", placeholder="Negative prompt")
+    col.prop(s, "prior")
+    if s.prior == "sd":
+        col.prop(s, "model")
+    elif s.prior == "references":
+        col.prop(s, "references")
+
+
+def camera_problem(scene) -> str:
+    """Why the active camera cannot be captured ("" when it can); for draw(), no rendering."""
+    camera = scene.camera
+    if camera is None or camera.type != "CAMERA":
+        return "No active camera"
+    if camera.data.type != "PERSP":
+        return f"'{camera.name}' is not a perspective camera"
+    return ""
+
+
+def draw_image_mode(col, s, scene) -> None:
+    col.row().prop(s, "image_source", expand=True)
+    if s.image_source == "FILE":
+        col.prop(s, "image_path", text="")
+    else:
+        problem = camera_problem(scene)
+        col.label(text=problem or f"Camera: {scene.camera.name}", icon="ERROR" if problem else "CAMERA_DATA")
+    col.prop(s, "image_prior")
+    if s.image_prior == "zero123":
+        col.prop(s, "zero123_model")
+    if s.mode == "novel_views":
+        col.prop(s, "view_count")
+        col.prop(s, "autoregressive")
+        col.prop(s, "view_planes")
+
+
+GENERATE_TEXT = {"text_to_3d": "Generate", "image_to_3d": "Make 3D from Image", "novel_views": "Make Novel Views"}
+
+
 class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
     bl_space_type, bl_region_type, bl_category = "VIEW_3D", "UI", "Dreamsculpt"
     bl_label = "Dreamsculpt"
@@ -89,19 +129,17 @@ class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
         layout, s = self.layout, context.scene.dreamsculpt
         MONITOR.refresh()
         draw_backend(layout, MONITOR.state)
+        layout.prop(s, "mode", text="")
         col = layout.column()
-        col.prop(s, "prompt", text="")
-        if s.prior == "sd":
-            col.prop(s, "negative", text="", placeholder="Negative prompt")
-        col.prop(s, "prior")
-        if s.prior == "sd":
-            col.prop(s, "model")
-        elif s.prior == "references":
-            col.prop(s, "references")
+        if s.mode == "text_to_3d":
+            draw_text_mode(col, s)
+        else:
+            draw_image_mode(col, s, context.scene)
         row = col.row(align=True)
         row.prop(s, "seed")
         row.operator("dreamsculpt.randomize_seed", text="", icon="FILE_REFRESH")
-        col.prop(s, "preset")
+        if s.mode != "novel_views":
+            col.prop(s, "preset")
         running = bool(s.job_id) and s.job_id in WATCHERS
         if running:
             draw_progress(layout, s)
@@ -109,12 +147,11 @@ class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
             row = layout.row()
             row.scale_y = 1.5
             row.enabled = MONITOR.state.connected
-            row.operator("dreamsculpt.generate", icon="SHADERFX")
+            row.operator("dreamsculpt.generate", text=GENERATE_TEXT[s.mode], icon="SHADERFX")
         if s.last_error:
             box = layout.box()
             box.alert = True
             _wrapped(box.column(align=True), s.last_error)
-
 
 
 class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
@@ -124,18 +161,41 @@ class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
     def draw(self, context):
         s = context.scene.dreamsculpt
         col = self.layout.column()
-        col.prop(s, "steps")
+        col.prop(s, "steps", text="Denoising Steps" if s.mode == "novel_views" else "Steps")
         col.prop(s, "guidance_scale")
-        col.prop(s, "mesh_resolution")
-        col.prop(s, "threshold")
-        col.prop(s, "replace_previous")
+        if s.mode != "novel_views":
+            col.prop(s, "mesh_resolution")
+            col.prop(s, "threshold")
+        if s.mode == "image_to_3d":
+            col.separator()
+            col.prop(s, "image_prompt")
+            col.prop(s, "text_weight")
+        if s.mode != "text_to_3d":
+            col.separator()
+            if s.image_source == "CAMERA":
+                col.prop(s, "capture_size")
+                col.prop(s, "capture_samples")
+            else:
+                col.label(text="The view the image was taken from:")
+                col.prop(s, "elevation")
+                col.prop(s, "azimuth")
+                col.prop(s, "fov")
+        if s.mode != "novel_views":
+            col.prop(s, "replace_previous")
+
+
+MODE_NAMES = {"image_to_3d": "Image → 3D", "novel_views": "Views"}
 
 
 class DREAMSCULPT_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
-        icons = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "X", "running": "TIME", "queued": "SORTTIME"}
+        icons = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "X", "running": "TIME", "queued": "SORTTIME",
+                 "uploading": "EXPORT"}
         row = layout.row(align=True)
-        row.label(text=item.prompt or "(no prompt)", icon=icons.get(item.status, "QUESTION"))
+        text = item.prompt or "(no prompt)"
+        if item.mode in MODE_NAMES:
+            text = f"{MODE_NAMES[item.mode]}: {item.source}"
+        row.label(text=text, icon=icons.get(item.status, "QUESTION"))
         row.label(text=f"seed {item.seed} · {item.created[-5:]}")
 
 
@@ -150,7 +210,10 @@ class VIEW3D_PT_dreamsculpt_history(bpy.types.Panel):
             return
         entry = s.history[s.history_index]
         col = layout.column(align=True)
-        col.label(text=f"{entry.status} · {entry.prior} · {entry.preset} · job {entry.job_id}")
+        if entry.mode == "novel_views":
+            col.label(text=f"{entry.status} · {entry.prior} · novel views · job {entry.job_id}")
+        else:
+            col.label(text=f"{entry.status} · {entry.prior} · {entry.preset} · job {entry.job_id}")
         if entry.error:
             _wrapped(col, entry.error)
         row = layout.row(align=True)

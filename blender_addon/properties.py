@@ -20,7 +20,17 @@ PRIORS = [("builtin", "Built-in shapes", "Offline analytic shapes (cube, sphere,
 PRESETS = [("preview", "Preview", "32 px renders, 600 steps: rough, fast"),
            ("standard", "Standard", "64 px renders, 1500 steps"),
            ("high", "High", "128 px renders, 4000 steps: slow")]
-STATUSES = ["queued", "running", "done", "failed", "cancelled", "interrupted"]
+STATUSES = ["uploading", "queued", "running", "done", "failed", "cancelled", "interrupted"]
+MODES = [("text_to_3d", "Text → 3D", "A coloured mesh from a prompt"),
+         ("image_to_3d", "Camera image → 3D",
+          "A mesh from one image, placed so that it lines up with what the camera saw"),
+         ("novel_views", "Novel views", "Pictures of the object from around it, from one image")]
+IMAGE_SOURCES = [("CAMERA", "Active Camera",
+                  "Render the scene's active camera (transparent film: the alpha is the object's mask)"),
+                 ("FILE", "Image File", "A PNG, JPEG or WebP on this machine (with alpha, or on a plain background)")]
+IMAGE_PRIORS = [("zero123", "Zero123", "Zero-1-to-3 novel-view diffusion (a GPU is strongly advised)"),
+                ("builtin", "Built-in shapes", "Offline analytic shapes, view-conditioned")]
+DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 
 
 class DreamsculptHistoryEntry(bpy.types.PropertyGroup):
@@ -36,9 +46,16 @@ class DreamsculptHistoryEntry(bpy.types.PropertyGroup):
     error: StringProperty(name="Error")
     created: StringProperty(name="Created", description="When the job was submitted (local time)")
     object_name: StringProperty(name="Object", description="The object this job's result was imported as")
+    mode: StringProperty(name="Mode", default="text_to_3d")
+    source: StringProperty(name="Source", description="Image modes: the camera's name, or the file's")
+    image_path: StringProperty(name="Image", description="Image modes: the image sent (the capture, or the "
+                                                         "picked file)")
+    request: StringProperty(name="Request", description="Image modes: the job's body (JSON) without the image")
+    view_planes: BoolProperty(name="Image Planes")
 
 
 class DreamsculptSettings(bpy.types.PropertyGroup):
+    mode: EnumProperty(name="Mode", items=MODES, default="text_to_3d")
     prompt: StringProperty(name="Prompt", description="What to make, e.g. 'a red cube'", default="a red cube")
     negative: StringProperty(name="Negative", description="What to avoid (Stable Diffusion)")
     prior: EnumProperty(name="Prior", items=PRIORS, default="builtin")
@@ -47,12 +64,43 @@ class DreamsculptSettings(bpy.types.PropertyGroup):
     references: StringProperty(name="References", description="Folder of reference images on the backend's machine")
     seed: IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     preset: EnumProperty(name="Quality", items=PRESETS, default="standard")
-    steps: IntProperty(name="Steps", default=0, min=0, max=100_000, description="Optimisation steps (0: the preset's)")
+    steps: IntProperty(name="Steps", default=0, min=0, max=100_000,
+                       description="Optimisation steps (0: the preset's); novel views: denoising steps per view "
+                                   "(0: 50)")
     guidance_scale: FloatProperty(name="Guidance Scale", default=0.0, min=0.0, max=1000.0,
                                   description="Classifier-free guidance (0: the prior's default)")
     mesh_resolution: IntProperty(name="Mesh Resolution", default=0, min=0, max=1024,
                                  description="Marching-cubes grid size (0: the preset's)")
     threshold: FloatProperty(name="Threshold", default=0.0, min=0.0, description="Surface density (0: automatic)")
+
+    # Image modes.
+    image_source: EnumProperty(name="Source", items=IMAGE_SOURCES, default="CAMERA")
+    image_path: StringProperty(name="Image", subtype="FILE_PATH", description="The image to start from")
+    image_prior: EnumProperty(name="Prior", items=IMAGE_PRIORS, default="zero123")
+    zero123_model: StringProperty(name="Model", default=DEFAULT_ZERO123_MODEL,
+                                  description="Zero123 weights: hub id, diffusers folder or one file, on the "
+                                              "backend's machine")
+    view_count: IntProperty(name="Views", default=8, min=2, max=64,
+                            description="Novel views: how many, in a ring around the object (the image included)")
+    autoregressive: BoolProperty(name="Autoregressive", default=False,
+                                 description="Condition each new view on the nearest views already made "
+                                             "(more consistent, slower)")
+    view_planes: BoolProperty(name="Image Planes Around the Object", default=False,
+                              description="Also show each view as an image plane where its camera stands")
+    image_prompt: StringProperty(name="Prompt", description="Camera image → 3D: optional text to guide the "
+                                                           "unseen sides (with Text Weight > 0)")
+    text_weight: FloatProperty(name="Text Weight", default=0.0, min=0.0, max=100.0,
+                               description="Weight of text guidance next to the image's (0: image only)")
+    elevation: FloatProperty(name="Elevation", default=0.0, min=-89.0, max=89.0,
+                             description="An image file: the elevation it was taken from, degrees")
+    azimuth: FloatProperty(name="Azimuth", default=-90.0, min=-360.0, max=360.0,
+                           description="An image file: the azimuth it was taken from, degrees (-90: Front)")
+    fov: FloatProperty(name="Field of View", default=40.0, min=5.0, max=150.0,
+                       description="An image file: the camera's field of view, degrees")
+    capture_size: IntProperty(name="Capture Size", default=512, min=64, max=4096,
+                              description="Longer side of the camera render, pixels")
+    capture_samples: IntProperty(name="Capture Samples", default=16, min=1, max=4096,
+                                 description="Render samples of the capture (Cycles, EEVEE)")
     replace_previous: BoolProperty(name="Replace Previous", default=False,
                                    description="Importing a history entry again replaces the object it made before")
 

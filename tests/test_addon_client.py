@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import math
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import trimesh
 from server_harness import tiny_job
 
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
-BPY_FREE = ("client", "plymesh", "jobs", "backend_process")
+BPY_FREE = ("client", "plymesh", "jobs", "backend_process", "cameras")
 
 
 def _load(name: str):
@@ -29,7 +31,7 @@ def _load(name: str):
 
 
 client_mod, plymesh, jobs = _load("client"), _load("plymesh"), _load("jobs")
-backend_process = _load("backend_process")
+backend_process, cameras = _load("backend_process"), _load("cameras")
 
 
 def test_these_modules_import_without_bpy():
@@ -145,8 +147,6 @@ def test_start_and_stop_a_backend(tmp_path, monkeypatch):
     backend_process.start(sys.executable, url, tmp_path / "backend.log")
     try:
         client = client_mod.Client(url, "")
-        import time
-
         deadline = time.monotonic() + 60
         while client.state("0.1.0").kind == "not_running" and time.monotonic() < deadline:
             assert backend_process.running(), (tmp_path / "backend.log").read_text()
@@ -156,3 +156,142 @@ def test_start_and_stop_a_backend(tmp_path, monkeypatch):
         backend_process.stop()
     assert not backend_process.running()
     assert "serving on" in (tmp_path / "backend.log").read_text()
+
+
+# --- image modes ------------------------------------------------------------------------------
+
+def _png(size: int = 128, shape: str = "sphere") -> bytes:
+    """A built-in shape seen from the front (az -90, el 0, fov 40), RGBA on a transparent film."""
+    import torch
+    from dreamsculpt.cameras import Cameras
+    from dreamsculpt.guidance.shapes import render_shape
+    from PIL import Image
+
+    cams = Cameras.from_orbit(torch.tensor([-90.0]), torch.tensor([0.0]), torch.tensor([3.0]), torch.tensor([40.0]))
+    rgba = render_shape(shape, cams, size).rgba("red")[0]
+    buffer = io.BytesIO()
+    Image.fromarray((rgba.permute(1, 2, 0) * 255).round().byte().numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_types_are_told_by_their_signature():
+    assert client_mod.image_type(b"\x89PNG\r\n\x1a\n....") == "image/png"
+    assert client_mod.image_type(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert client_mod.image_type(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
+    assert client_mod.image_type(b"GIF89a") is None and client_mod.image_type(b"") is None
+
+
+def test_upload_image_stores_it_and_refusals_say_why(server):
+    client = _client(server)
+    data = _png()
+    info = client.upload_image(data)
+    assert info["width"] == info["height"] == 128 and info["has_alpha"] is True
+    assert len(info["image"]) == 64 and client.upload_image(data)["image"] == info["image"]   # by content
+    with pytest.raises(client_mod.BackendError, match="not a PNG, JPEG or WebP"):
+        client.upload_image(b"plain text, not a picture")            # refused before it is sent
+    from PIL import Image
+
+    tiny = io.BytesIO()
+    Image.new("RGBA", (8, 8)).save(tiny, format="PNG")
+    with pytest.raises(client_mod.Rejected) as rejected:
+        client.upload_image(tiny.getvalue())
+    assert rejected.value.status == 422 and "8x8" in str(rejected.value)
+    with pytest.raises(client_mod.WrongToken):
+        _client(server, "nope-nope-nope-nope").upload_image(data)
+    with pytest.raises(client_mod.BackendDown, match="Start backend"):
+        client_mod.Client("http://127.0.0.1:9", "x").upload_image(data)
+
+
+def test_watcher_uploads_submits_and_fetches_novel_views(server, tmp_path):
+    """The image path: upload and submit on the watcher's thread, then views.json and each view."""
+    client = _client(server)
+    path = tmp_path / "sphere.png"
+    path.write_bytes(_png())
+    body = {"kind": "novel_views", "prior": "builtin", "count": 3, "steps": 2, "seed": 1}
+    watcher = jobs.JobWatcher(client, "", tmp_path, poll_s=0.05, kind="novel_views",
+                              submit=jobs.upload_and_submit(client, str(path), body))
+    assert watcher.snapshot().status == "uploading"
+    snap = watcher.run_blocking()
+    assert snap.error == "" and snap.status == "done" and len(snap.job_id) == 22
+    views = snap.views
+    assert [Path(v["path"]).name for v in views.views] == ["view_00.png", "view_01.png", "view_02.png"]
+    assert all(Path(v["path"]).read_bytes().startswith(b"\x89PNG") for v in views.views)
+    assert Path(views.sheet).is_file() and cameras.is_matrix(views.placement)
+    assert all(cameras.is_matrix(v["matrix_world"]) for v in views.views)
+
+
+def test_watcher_reports_an_image_it_cannot_read_or_send(server, tmp_path):
+    client = _client(server)
+    body = {"kind": "novel_views", "prior": "builtin"}
+    missing = jobs.JobWatcher(client, "", tmp_path, submit=jobs.upload_and_submit(client, str(tmp_path / "x.png"),
+                                                                                 body)).run_blocking()
+    assert missing.finished and "could not be read" in missing.error and missing.job_id == ""
+    (tmp_path / "x.txt").write_text("text")
+    text = jobs.JobWatcher(client, "", tmp_path, submit=jobs.upload_and_submit(client, str(tmp_path / "x.txt"),
+                                                                              body)).run_blocking()
+    assert text.finished and "not a PNG, JPEG or WebP" in text.error
+
+
+def test_a_camera_spec_is_what_the_backend_reads():
+    matrix = [[1, 0, 0, 2], [0, 0, -1, -8], [0, 1, 0, 1], [0, 0, 0, 1]]   # Blender's Front view, from y = -8
+    spec = cameras.CameraSpec(matrix, lens=35.0, sensor_fit="VERTICAL", shift_y=0.25)
+    assert spec.location == (2.0, -8.0, 1.0)
+    assert spec.to_json() == {"matrix_world": [[float(v) for v in row] for row in matrix], "lens": 35.0,
+                              "sensor_width": 36.0, "sensor_height": 24.0, "sensor_fit": "VERTICAL",
+                              "shift_x": 0.0, "shift_y": 0.25}
+    with pytest.raises(ValueError, match="4x4"):
+        cameras.CameraSpec([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    with pytest.raises(ValueError, match="sensor_fit"):
+        cameras.CameraSpec(matrix, sensor_fit="DIAGONAL")
+
+
+@pytest.mark.parametrize("args,size", [((1920, 1080, 100, 1.0, 1.0, 512), (512, 288)),
+                                       ((400, 300, 50, 1.0, 1.0, 512), (200, 150)),       # small: not enlarged
+                                       ((1080, 1920, 100, 1.0, 1.0, 256), (144, 256)),
+                                       ((640, 480, 50, 2.0, 1.0, 200), (200, 75))])       # 640x240 square px
+def test_capture_size_keeps_the_scene_aspect_and_caps_the_longer_side(args, size):
+    assert cameras.capture_size(*args) == size
+
+
+def test_depth_is_the_distance_to_the_centre_of_the_visible_box():
+    # a 2 m cube centred on (1.5, 0.5, 1): its 8 corners; camera at (6, -5, 4)
+    corners = [(1.5 + x, 0.5 + y, 1.0 + z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
+    assert cameras.box_centre(corners) == (1.5, 0.5, 1.0)
+    assert cameras.depth((6.0, -5.0, 4.0), corners) == pytest.approx(math.sqrt(4.5**2 + 5.5**2 + 3**2))
+    # two boxes: the centre of their union, not the mean of their centres
+    assert cameras.box_centre(corners + [(10.0, 0.5, 1.0)]) == (5.25, 0.5, 1.0)
+    assert cameras.depth((0, 0, 0), []) is None
+
+
+def test_a_view_plane_hangs_where_its_camera_stands_sized_to_the_frustum():
+    # camera at (0, -4, 0) looking at the origin along +Y (Blender's Front view), scaled x2
+    matrix = [[2, 0, 0, 0], [0, 0, -2, -4], [0, 2, 0, 0], [0, 0, 0, 1]]
+    placed, side = cameras.view_plane(matrix, (0.0, 0.0, 0.0), 40.0)
+    assert side == pytest.approx(2 * 4 * math.tan(math.radians(20)))       # 2.912
+    assert [row[3] for row in placed[:3]] == [0.0, -4.0, 0.0]
+    normal = [placed[i][2] for i in range(3)]                               # the plane's +Z: away from the object
+    assert normal == [0.0, -1.0, 0.0]
+    assert [placed[i][0] for i in range(3)] == [1.0, 0.0, 0.0] and placed[3] == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_cancel_while_the_image_is_still_uploading_cancels_the_job_once_it_exists(server, tmp_path):
+    import threading
+
+    client, release = _client(server), threading.Event()
+    path = tmp_path / "sphere.png"
+    path.write_bytes(_png())
+    send = jobs.upload_and_submit(client, str(path), {"kind": "novel_views", "prior": "builtin", "count": 8,
+                                                      "steps": 1000})
+
+    def slow_submit():
+        release.wait(10)        # the upload is "slow": Cancel is pressed before the job has an id
+        return send()
+
+    watcher = jobs.JobWatcher(client, "", tmp_path, poll_s=0.05, submit=slow_submit).start()
+    watcher.request_cancel()
+    release.set()
+    deadline = time.monotonic() + 60
+    while not watcher.snapshot().finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    snap = watcher.snapshot()
+    assert snap.job_id and snap.status == "cancelled" and snap.views is None and snap.error == ""

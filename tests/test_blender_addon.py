@@ -29,7 +29,8 @@ def test_zip_installs_registers_and_uninstalls(addon_zip, tmp_path):
                        "VIEW3D_PT_dreamsculpt_history")],
             "settings": [name in bpy.context.scene.dreamsculpt.bl_rna.properties for name in
                          ("prompt", "negative", "prior", "model", "seed", "preset", "steps", "guidance_scale",
-                          "mesh_resolution", "threshold", "history")],
+                          "mesh_resolution", "threshold", "history", "mode", "image_source", "image_path",
+                          "image_prior", "zero123_model", "view_count", "autoregressive", "view_planes")],
             "enabled": "bl_ext.user_default.dreamsculpt" in bpy.context.preferences.addons,
         }}
         status = bpy.ops.extensions.package_uninstall(repo_index=1, pkg_id="dreamsculpt")
@@ -221,18 +222,34 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                 self.layout = Layout()
 
         s = bpy.context.scene.dreamsculpt
-        entry = s.history.add()
-        entry.job_id, entry.prompt, entry.status, entry.error = "20261121-093512-4f2a9c", "a cube", "failed", "why"
+        for mode in ("text_to_3d", "image_to_3d", "novel_views"):
+            entry = s.history.add()
+            entry.job_id, entry.prompt, entry.status, entry.error = "20261121-093512-4f2a9c", "a cube", "failed", "why"
+            entry.mode, entry.source = mode, "Camera"
         s.history_index = 0
+        camera = bpy.context.scene.camera
         drawn = []
         states = ["checking", "connected", "not_running", "wrong_token", "version_mismatch", "offline", "error"]
+        # (mode, text prior or image prior, image source, camera type or None for no camera)
+        combos = [("text_to_3d", "builtin", "CAMERA", "PERSP"), ("text_to_3d", "sd", "CAMERA", "PERSP"),
+                  ("text_to_3d", "references", "CAMERA", "PERSP"), ("image_to_3d", "builtin", "CAMERA", "PERSP"),
+                  ("image_to_3d", "zero123", "FILE", "PERSP"), ("image_to_3d", "zero123", "CAMERA", "ORTHO"),
+                  ("novel_views", "builtin", "CAMERA", None), ("novel_views", "zero123", "FILE", "PERSP")]
         for kind in states:
-            for prior in ("builtin", "sd", "references"):
+            for index, (mode, prior, source, camera_type) in enumerate(combos):
                 for running in (False, True):
                     operators.MONITOR.state = client.BackendState(kind, "a message " * 12,
                                                                   {{"device": "cpu", "models": ["m"], "queue": 2}})
                     operators.MONITOR.checked_at = time.monotonic()    # no refresh thread
-                    s.prior, s.last_error = prior, ("an error" if running else "")
+                    s.mode, s.image_source, s.last_error = mode, source, ("an error" if running else "")
+                    if mode == "text_to_3d":
+                        s.prior = prior
+                    else:
+                        s.image_prior = prior
+                    s.view_planes = s.autoregressive = running
+                    bpy.context.scene.camera = camera if camera_type else None
+                    camera.data.type = camera_type or "PERSP"
+                    s.history_index = index % 3
                     s.job_id = "20261121-093512-4f2a9c" if running else ""
                     if running:
                         operators.WATCHERS[s.job_id] = (None, bpy.context.scene.name)
@@ -240,11 +257,14 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                     for panel in (panels.VIEW3D_PT_dreamsculpt, panels.VIEW3D_PT_dreamsculpt_advanced,
                                   panels.VIEW3D_PT_dreamsculpt_history):
                         panel.draw(Drawn(), bpy.context)
+                    entry = s.history[s.history_index]
+                    panels.DREAMSCULPT_UL_history.draw_item(None, bpy.context, Layout(), s, entry, 0, s,
+                                                            "history_index", 0)
                     operators.WATCHERS.clear()
                     drawn.append(kind)
         result(drawn=len(drawn), calls=sorted(set(calls)))
     ''', tmp_path)
-    assert out["drawn"] == 7 * 3 * 2
+    assert out["drawn"] == 7 * 8 * 2
     assert {"prop", "operator", "label", "box", "progress", "template_list"} <= set(out["calls"])
 
 

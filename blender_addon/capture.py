@@ -1,0 +1,133 @@
+"""Rendering the active camera for the image modes: a transparent-film PNG (RGBA, 8 bit; the
+alpha is the object's mask), its CameraSpec, and the depth of what it sees. Main thread only
+(one short render, like F12 but with few samples); every render setting it touches is put back.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import bpy
+from bpy_extras.object_utils import world_to_camera_view
+from mathutils import Vector
+
+from . import cameras
+from .client import BackendError
+
+#: Object types with geometry a render shows.
+SOLID_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
+#: The novel-view image planes: never part of a capture.
+VIEWS_COLLECTION = "Dreamsculpt Views"
+
+
+class CaptureError(BackendError):
+    """The scene cannot be captured; str() says what to change."""
+
+
+def active_camera(scene) -> bpy.types.Object:
+    camera = scene.camera
+    if camera is None or camera.type != "CAMERA":
+        raise CaptureError("The scene has no active camera. Add a camera and make it active (View > Cameras > "
+                           "Set Active Object as Camera), or pick an image file as the source.")
+    if camera.data.type != "PERSP":
+        kind = {"ORTHO": "orthographic", "PANO": "panoramic"}.get(camera.data.type, camera.data.type.lower())
+        raise CaptureError(f"The camera '{camera.name}' is {kind}; only perspective cameras can be used. Set its "
+                           "Lens > Type to Perspective, or pick an image file as the source.")
+    return camera
+
+
+def camera_spec(camera: bpy.types.Object) -> cameras.CameraSpec:
+    data = camera.data
+    return cameras.CameraSpec([list(row) for row in camera.matrix_world], data.lens, data.sensor_width,
+                              data.sensor_height, data.sensor_fit, data.shift_x, data.shift_y)
+
+
+def _view_planes() -> set:
+    collection = bpy.data.collections.get(VIEWS_COLLECTION)
+    return set(collection.all_objects) if collection is not None else set()
+
+
+def _in_view(scene, camera, corners) -> bool:
+    """Whether a world box (8 corners) overlaps the camera's frame, in front of the camera."""
+    projected = [world_to_camera_view(scene, camera, corner) for corner in corners]
+    front = [p for p in projected if p.z > 0]
+    if not front:
+        return False
+    if len(front) < len(projected):
+        return True   # the box reaches behind the camera: count it (the camera may sit inside it)
+    xs, ys = [p.x for p in front], [p.y for p in front]
+    return max(xs) >= 0 and min(xs) <= 1 and max(ys) >= 0 and min(ys) <= 1
+
+
+def visible_corners(scene, camera, depsgraph) -> list[tuple[float, float, float]]:
+    """World bounding-box corners of the visible, renderable objects inside the camera's view."""
+    planes = _view_planes()
+    points = []
+    for obj in scene.objects:
+        if obj.type not in SOLID_TYPES or obj in planes or obj.hide_render or not obj.visible_get():
+            continue
+        evaluated = obj.evaluated_get(depsgraph)
+        corners = [evaluated.matrix_world @ Vector(corner) for corner in evaluated.bound_box]
+        if _in_view(scene, camera, corners):
+            points.extend(tuple(c) for c in corners)
+    return points
+
+
+@contextmanager
+def _changed(*groups):
+    """Each group is (owner, {attribute: value}). Set them in order; afterwards put every old
+    value back, the groups in reverse and each group's attributes in its own order (an image
+    format's media type before its file format before its colour mode)."""
+    saved = []
+    try:
+        for owner, values in groups:
+            old = {name: getattr(owner, name) for name in values if hasattr(owner, name)}
+            saved.append((owner, old))
+            for name in old:
+                setattr(owner, name, values[name])
+        yield
+    finally:
+        for owner, old in reversed(saved):
+            for name, value in old.items():
+                try:
+                    setattr(owner, name, value)
+                except (TypeError, ValueError, AttributeError) as exc:   # put the others back all the same
+                    print(f"Dreamsculpt: could not restore {name} = {value!r}: {exc}")
+
+
+def render_camera(scene, path: Path, longest: int = 512, samples: int = 16) -> tuple[int, int]:
+    """Render the active camera into `path` (PNG, RGBA 8 bit, transparent film) at the scene's
+    aspect, the longer side at most `longest` px, with the scene's engine and at most `samples`
+    samples. Returns the image's (width, height)."""
+    r = scene.render
+    width, height = cameras.capture_size(r.resolution_x, r.resolution_y, r.resolution_percentage,
+                                         r.pixel_aspect_x, r.pixel_aspect_y, longest)
+    groups = [(r, {"film_transparent": True, "resolution_x": width, "resolution_y": height,
+                   "resolution_percentage": 100, "pixel_aspect_x": 1.0, "pixel_aspect_y": 1.0,
+                   "use_border": False, "use_stamp": False, "use_multiview": False, "use_compositing": False,
+                   "use_sequencer": False, "filepath": str(path)}),
+              (r.image_settings, {"media_type": "IMAGE", "file_format": "PNG", "color_mode": "RGBA",
+                                  "color_depth": "8"})]
+    for engine, name in ((getattr(scene, "cycles", None), "samples"),
+                         (getattr(scene, "eevee", None), "taa_render_samples")):
+        if engine is not None:
+            groups.append((engine, {name: min(getattr(engine, name), samples)}))
+    groups += [(obj, {"hide_render": True}) for obj in _view_planes()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _changed(*groups):
+        bpy.ops.render.render(write_still=True, scene=scene.name)
+    if not path.is_file():
+        raise CaptureError(f"Rendering the camera wrote no image at {path}. Check that the scene renders with F12.")
+    return width, height
+
+
+def capture(scene, path: Path, longest: int = 512, samples: int = 16) -> tuple[cameras.CameraSpec, float | None]:
+    """Render the active camera into `path`; returns its CameraSpec and the depth of the visible
+    objects in its view (None when it sees none)."""
+    camera = active_camera(scene)
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    spec = camera_spec(camera)
+    depth = cameras.depth(spec.location, visible_corners(scene, camera, depsgraph))
+    render_camera(scene, path, longest, samples)
+    return spec, depth
