@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .cameras import Cameras
-from .config import IMAGE_PRIORS, KINDS, PRIORS, RunConfig
+from .config import IMAGE_PRIORS, KINDS, PRIORS, REFERENCE_WEIGHTS, RunConfig
 from .errors import DreamsculptError
 from .guidance.base import CombinedGuidance, Guidance
 from .guidance.image_sets import ImageSet
@@ -234,11 +234,15 @@ def image_to_3d(config: RunConfig, out_dir: Path, callbacks: Callbacks | None = 
     fit_image_cameras(config, view)
     guidance, description = build_image_guidance(config, view, models)
     rgb, mask = view.resized(config.render.resolution)
-    reference = ReferenceTarget(view.camera, rgb[None], mask[None], config.image.lambda_rgb, config.image.lambda_mask)
+    default_rgb, default_mask = REFERENCE_WEIGHTS.get(config.guidance.prior, (1.0, 1.0))
+    i = config.image
+    reference = ReferenceTarget(view.camera, rgb[None], mask[None],
+                                default_rgb if i.lambda_rgb is None else i.lambda_rgb,
+                                default_mask if i.lambda_mask is None else i.lambda_mask)
     _make_out_dir(out_dir)
     save_rgba(view.rgba, out_dir / "reference.png")
     return _optimise(config, out_dir, guidance, description, callbacks, resume, started, reference,
-                     _placement_record(view))
+                     {**_placement_record(view), "reference_weights": [reference.lambda_rgb, reference.lambda_mask]})
 
 
 @dataclass
