@@ -34,15 +34,17 @@ from dreamsculpt.guidance.base import scaled_linear_alphas_cumprod
 from dreamsculpt.guidance.zero123 import (
     CLIP_MEAN,
     CLIP_STD,
+    Zero123Components,
+    Zero123Guidance,
+    sample_novel_views,
+)
+from dreamsculpt.guidance.zero123_loading import (
     ZERO123_CLIP_CONFIG,
     ZERO123_SCHEDULER_CONFIG,
     ZERO123_UNET_CONFIG,
     ZERO123_VAE_CONFIG,
-    Zero123Components,
-    Zero123Guidance,
     _freeze,
     load_zero123_components,
-    sample_novel_views,
 )
 
 ROOT = Path(__file__).resolve().parent

@@ -23,10 +23,10 @@ from dreamsculpt.guidance.zero123 import (
     DEFAULT_GUIDANCE_SCALE,
     Zero123Guidance,
     camera_embedding,
-    load_zero123_components,
     resolve_variant,
     sample_novel_views,
 )
+from dreamsculpt.guidance.zero123_loading import load_zero123_components
 from tiny_zero123 import TINY_MEAN, build_tiny_zero123, write_ldm_checkpoint
 
 FRONT = Cameras.from_orbit(-90.0, 0.0, 3.0, 40.0)   # Blender's Front view: camera on -Y

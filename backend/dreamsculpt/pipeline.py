@@ -201,7 +201,7 @@ def build_image_guidance(config: RunConfig, view: ReferenceView,
 
 def _zero123(config: RunConfig, models: ModelCache):
     from .devices import resolve_device, resolve_dtype
-    from .guidance.zero123 import load_zero123_components
+    from .guidance.zero123_loading import load_zero123_components
 
     g = config.guidance
     device = resolve_device(g.device)
