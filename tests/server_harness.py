@@ -26,6 +26,52 @@ def tiny_job(prompt: str = "a red cube", steps: int = 5, **extra) -> dict:
             "mesh": mesh, **extra}
 
 
+def reference_image(folder: Path, shape: str = "cube", colour: str = "red", elevation_deg: float = 10.0,
+                    resolution: int = 64) -> Path:
+    """An RGBA PNG of a built-in shape seen from the front (azimuth -90) at `elevation_deg`,
+    distance 3, field of view 40: what a render with a transparent film gives."""
+    from dreamsculpt.cameras import Cameras
+    from dreamsculpt.guidance.shapes import write_reference_folder
+
+    views = Cameras.from_orbit(-90.0, elevation_deg, 3.0, 40.0)
+    write_reference_folder(shape, colour, folder, resolution, views=views, with_poses=False, alpha=True)
+    return Path(folder) / "view_000.png"
+
+
+def camera_spec(elevation_deg: float = 10.0, offset=(0.0, 0.0, 0.0), depth: float | None = 3.0) -> dict:
+    """The Blender camera (CameraSpec, plus "depth") that took reference_image(), moved by
+    `offset` (world units) along with the object: matrix_world of the orbit camera, and the
+    lens that gives a 40 degree field of view on Blender's 36 mm sensor."""
+    import math
+
+    import torch
+
+    from dreamsculpt.cameras import orbit_c2w
+
+    matrix = orbit_c2w(torch.tensor([-90.0]), torch.tensor([elevation_deg]), torch.tensor([3.0]))[0]
+    matrix[:3, 3] += torch.tensor(offset)
+    spec = {"matrix_world": matrix.tolist(), "lens": 18.0 / math.tan(math.radians(20.0)),
+            "sensor_width": 36.0, "sensor_height": 24.0}
+    return {**spec, "depth": depth} if depth is not None else spec
+
+
+def upload(client: httpx.Client, path: Path, media_type: str = "image/png") -> str:
+    """POST /images; returns the image id."""
+    response = client.post("/images", content=Path(path).read_bytes(), headers={"Content-Type": media_type})
+    assert response.status_code == 201, response.text
+    return response.json()["image"]
+
+
+def tiny_image_job(kind: str, image: str, **extra) -> dict:
+    """An image job small enough for CI: built-in prior; for image_to_3d 32 px renders, a
+    few steps and a coarse mesh, for novel_views 4 views of 5 denoising steps."""
+    if kind == "image_to_3d":
+        mesh = {"resolution": 64, "threshold": 1.0, **extra.pop("mesh", {})}   # the automatic one costs seconds
+        return {"kind": kind, "image": image, "elevation_deg": 10.0, "prior": "builtin", "preset": "preview",
+                "steps": 60, "resolution": 32, "mesh": mesh, **extra}
+    return {"kind": kind, "image": image, "elevation_deg": 10.0, "prior": "builtin", "count": 4, "steps": 5, **extra}
+
+
 class ServerProcess:
     def __init__(self, root: Path, *args: str, port: int = 0, env: dict | None = None):
         self.root = Path(root)

@@ -35,9 +35,10 @@ from server_harness import ServerProcess, tiny_job, wait_job
 #: distinct requests than this; Hypothesis stops when it has tried them all.
 MAX_EXAMPLES = 50
 
-DOWNLOADS = ("preview.png", "result.ply", "result.glb", "result.obj", "views.png", "turntable.gif", "run.json")
+DOWNLOADS = ("preview.png", "result.ply", "result.glb", "result.obj", "views.png", "turntable.gif", "run.json",
+             "input.png", "reference.png", "views.json", "novel_views.png", "view_{index}.png")
 OPERATIONS = {"GET /health", "GET /jobs", "POST /jobs", "GET /jobs/{job_id}", "DELETE /jobs/{job_id}",
-              "POST /jobs/{job_id}/cancel", "POST /models/release"} | {
+              "POST /jobs/{job_id}/cancel", "POST /models/release", "POST /images"} | {
     f"GET /jobs/{{job_id}}/{name}" for name in DOWNLOADS}
 
 #: What the fuzz got, per operation label: status code -> count.
@@ -127,7 +128,10 @@ def api_schema(server, known_jobs):
     def before_generate_path_parameters(context, strategy):
         """Besides the ids the schema's pattern generates (no such job), pick real ones."""
         ids = deletable if context.operation.method.upper() == "DELETE" else readable
-        return st.one_of(strategy, st.sampled_from(ids).map(lambda job_id: {"job_id": job_id}))
+        real = st.fixed_dictionaries({"job_id": st.sampled_from(ids)})
+        if "{index}" in context.operation.path:   # GET /jobs/{job_id}/view_{index}.png
+            real = st.fixed_dictionaries({"job_id": st.sampled_from(ids), "index": st.sampled_from(["00", "63", "64"])})
+        return st.one_of(strategy, real)
 
     return schema
 

@@ -1,4 +1,5 @@
-"""`dreamsculpt generate PROMPT`: text to a coloured mesh; `dreamsculpt serve`: the job server.
+"""`dreamsculpt generate PROMPT`: text to a coloured mesh; `image-to-3d IMAGE`, `novel-views
+IMAGE`: one image to a mesh or to views around it; `dreamsculpt serve`: the job server.
 
 User errors print one line (`error: ...`) and exit 1; Ctrl-C stops after the current step,
 keeps a checkpoint and exits 130 (continue with --resume).
@@ -7,15 +8,32 @@ keeps a checkpoint and exits 130 (continue with --resume).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_SD_MODEL, LIMITS, PRESETS, PRIORS, RunConfig, build_config
+from .config import (
+    DEFAULT_SD_MODEL,
+    DEFAULT_ZERO123_MODEL,
+    IMAGE_PRIORS,
+    LIMITS,
+    PRESETS,
+    PRIORS,
+    ZERO123_VARIANTS,
+    RunConfig,
+    build_config,
+)
 from .errors import CancelledError, DreamsculptError
-from .server.settings import DEFAULT_HOST, DEFAULT_IDLE_RELEASE_S, DEFAULT_PORT, ServerSettings, load_or_create_token
+from .server.settings import (
+    DEFAULT_HOST,
+    DEFAULT_IDLE_RELEASE_S,
+    DEFAULT_PORT,
+    ServerSettings,
+    load_or_create_token,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,20 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=DEFAULT_SD_MODEL, help="hub id, diffusers folder or .safetensors/.ckpt file")
     gen.add_argument("--references", metavar="DIR", help="folder of square images (+ optional poses.json)")
     gen.add_argument("--negative", default="", help="negative prompt (sd prior)")
-    gen.add_argument("--preset", choices=sorted(PRESETS), default="standard")
-    gen.add_argument("--steps", type=int, help="optimisation steps (default: from the preset)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--guidance-scale", type=float, help="classifier-free guidance (default: 100 for sd)")
-    gen.add_argument("--resolution", type=int, help="render size during optimisation (default: from the preset)")
-    gen.add_argument("--mesh-resolution", type=int, help="marching-cubes grid size (default: from the preset)")
-    gen.add_argument("--threshold", type=float, help="density level of the surface (default: automatic)")
-    gen.add_argument("--max-faces", type=int, help="decimate the mesh to this many faces")
-    gen.add_argument("--obj", action="store_true", help="also write mesh.obj")
-    gen.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
-    gen.add_argument("--fp16", action="store_true", help="half precision for the diffusion model (CUDA only)")
-    gen.add_argument("--out", type=Path, help="output folder (default: out/<prompt>)")
-    gen.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_mesh_options(gen)
+    _add_run_options(gen, "out/<prompt>", "classifier-free guidance (default: 100 for sd)")
+
+    img = sub.add_parser("image-to-3d", help="one image (and its camera) to a coloured mesh")
+    _add_image_options(img)
+    img.add_argument("--prompt", default="", help="what the image shows, for text guidance as well (Magic123)")
+    img.add_argument("--text-weight", type=float, default=0.0, help="weight of the text guidance (needs --prompt)")
+    img.add_argument("--text-model", default=DEFAULT_SD_MODEL, help="Stable Diffusion model of the text guidance")
+    _add_mesh_options(img)
+    _add_run_options(img, "out/<image name>", "classifier-free guidance (default: the prior's)")
+
+    views = sub.add_parser("novel-views", help="one image (and its camera) to views of the object around it")
+    _add_image_options(views)
+    views.add_argument("--count", type=int, default=8,
+                       help="a ring of this many views, the reference (view_00) included (default 8)")
+    views.add_argument("--views", metavar='"DAZ,DEL ..."',
+                       help='views relative to the reference instead of a ring, e.g. "30,0 60,10 -30,20" '
+                            "(degrees of azimuth,elevation)")
+    views.add_argument("--autoregressive", action="store_true",
+                       help="condition each view on the nearest views made so far (more consistent, slower)")
+    views.add_argument("--neighbours", type=int, default=2, help="how many made views condition the next (default 2)")
+    views.add_argument("--steps", type=int, help="denoising (DDIM) steps per view (default 50)")
+    _add_run_options(views, "out/<image name>", "classifier-free guidance (default 3 for zero123)")
 
     srv = sub.add_parser("serve", help="run the local job server the Blender add-on talks to")
     srv.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}, this machine only)")
@@ -55,6 +82,43 @@ def build_parser() -> argparse.ArgumentParser:
                      help="free loaded models after this long without a job (0: never)")
     sub.add_parser("token", help="print the job server's access token (created if there is none)")
     return parser
+
+
+def _add_mesh_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that optimise a field and mesh it."""
+    p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: from the preset)")
+    p.add_argument("--resolution", type=int, help="render size during optimisation (default: from the preset)")
+    p.add_argument("--mesh-resolution", type=int, help="marching-cubes grid size (default: from the preset)")
+    p.add_argument("--threshold", type=float, help="density level of the surface (default: automatic)")
+    p.add_argument("--max-faces", type=int, help="decimate the mesh to this many faces")
+    p.add_argument("--obj", action="store_true", help="also write mesh.obj")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+
+
+def _add_run_options(p: argparse.ArgumentParser, out: str, guidance: str) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=float, help=guidance)
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu")
+    p.add_argument("--fp16", action="store_true", help="half precision for the diffusion model (CUDA only)")
+    p.add_argument("--out", type=Path, help=f"output folder (default: {out})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", type=Path, help="PNG, JPEG or WebP; its alpha (or a plain background) marks the object")
+    p.add_argument("--camera", type=Path, metavar="FILE.json",
+                   help="the camera that took the image: a JSON object with matrix_world (4x4, row-major), lens, "
+                        "sensor_width, sensor_height, sensor_fit, shift_x, shift_y (Blender's), and optionally "
+                        "depth (camera to object centre, world units)")
+    p.add_argument("--elevation", type=float, help="without --camera: the view's elevation, degrees (default 0)")
+    p.add_argument("--azimuth", type=float, help="without --camera: the view's azimuth, degrees (default -90, the front)")
+    p.add_argument("--fov", type=float, help="without --camera: the field of view of the longer side (default 40)")
+    p.add_argument("--prior", choices=IMAGE_PRIORS, default="zero123",
+                   help="zero123: Zero-1-to-3 (needs the model); builtin: offline shapes fitted to the image")
+    p.add_argument("--model", default=DEFAULT_ZERO123_MODEL, help="Zero123 model: hub id, diffusers folder or one file")
+    p.add_argument("--variant", choices=ZERO123_VARIANTS, default="auto",
+                   help="the model's camera embedding (auto: from its name)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -75,14 +139,12 @@ def default_out_dir(prompt: str) -> Path:
     return Path("out") / slug
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_with_progress(args: argparse.Namespace, run):
+    """`run(callbacks)` with a progress bar and a clean stop on the first Ctrl-C."""
     from tqdm import tqdm
 
     from .optimize import Callbacks
-    from .pipeline import generate
 
-    config = config_from_args(args)
-    out_dir = args.out or default_out_dir(args.prompt)
     stop = {"requested": False}
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; second: the default
@@ -90,24 +152,162 @@ def run_generate(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous_handler = signal.signal(signal.SIGINT, on_sigint)
-    bar = None  # opened at the first report, so a user error is the only line on stderr
+    bar = None  # opened once past loading, so a user error is the only line on stderr
 
     def on_progress(p):
         nonlocal bar
+        if bar is None and p.step == 0 and p.stage == "loading":
+            return
         if bar is None:
             bar = tqdm(total=p.total, initial=p.step, unit="step", disable=args.quiet, dynamic_ncols=True)
-        bar.n = p.step
-        bar.set_postfix_str(f"{p.stage} loss {p.loss:.4f}", refresh=False)
+        bar.total, bar.n = p.total, p.step
+        bar.set_postfix_str(p.stage if p.stage == "sampling" else f"{p.stage} loss {p.loss:.4f}", refresh=False)
         bar.refresh()
 
     try:
-        result = generate(config, out_dir, Callbacks(on_progress, None, lambda: stop["requested"]), args.resume)
+        return run(Callbacks(on_progress, None, lambda: stop["requested"]))
     finally:
         if bar is not None:
             bar.close()
         signal.signal(signal.SIGINT, previous_handler)
+
+
+def print_mesh_result(result) -> None:
     print(f"wrote {result.out_dir}/mesh.ply ({result.vertices} vertices, {result.faces} faces) "
           f"in {result.seconds:.0f} s")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .pipeline import generate
+
+    config = config_from_args(args)
+    out_dir = args.out or default_out_dir(args.prompt)
+    print_mesh_result(run_with_progress(args, lambda callbacks: generate(config, out_dir, callbacks, args.resume)))
+    return 0
+
+
+def image_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of image-to-3d or novel-views, checked by the job server's request model
+    (so the CLI and the server accept the same values) and the image by its upload check."""
+    from pydantic import ValidationError
+
+    from .server.schemas import ImageTo3DRequest, NovelViewsRequest
+
+    image = _read_image(args.image)
+    fields = {"image": image.sha256, "prior": args.prior, "model": args.model, "variant": args.variant,
+              "seed": args.seed, "guidance_scale": args.guidance_scale, "fp16": args.fp16}
+    orbit = {"elevation_deg": args.elevation, "azimuth_deg": args.azimuth, "fov_deg": args.fov}
+    if args.camera is not None:
+        given = [f"--{name.removesuffix('_deg')}" for name, value in orbit.items() if value is not None]
+        if given:
+            raise DreamsculptError(f"--camera already gives the view: leave out {', '.join(given)} (for images "
+                                   "without a camera).")
+        fields["camera"], fields["depth"] = read_camera(args.camera)
+    else:
+        fields.update({name: value for name, value in orbit.items() if value is not None})
+    if args.command == "image-to-3d":
+        mesh = {"resolution": args.mesh_resolution, "threshold": args.threshold, "obj": args.obj}
+        if args.max_faces is not None:
+            mesh["max_faces"] = args.max_faces
+        model = ImageTo3DRequest
+        fields.update(kind="image_to_3d", prompt=args.prompt, text_weight=args.text_weight,
+                      text_model=args.text_model, preset=args.preset, steps=args.steps,
+                      resolution=args.resolution, mesh=mesh)
+    else:
+        model = NovelViewsRequest
+        fields.update(kind="novel_views", count=args.count, views=parse_views(args.views),
+                      autoregressive=args.autoregressive, neighbours=args.neighbours, steps=args.steps)
+    try:
+        request = model.model_validate(fields)
+    except ValidationError as exc:
+        raise DreamsculptError(_option_problem(exc, args)) from None
+    return request.to_config(args.device, args.image)
+
+
+def _read_image(path: Path):
+    """The image as the server's upload check sees it; a DreamsculptError if it is unusable."""
+    from .server.uploads import decode_image
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DreamsculptError(f"The image {path} does not exist. Pass a PNG, JPEG or WebP file.") from None
+    except OSError as exc:
+        raise DreamsculptError(f"Cannot read the image {path}: {exc.strerror}.") from None
+    return decode_image(data, f"The image {path}")
+
+
+def read_camera(path: Path) -> tuple[dict, float | None]:
+    """--camera FILE: (the camera object, its optional top-level "depth")."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DreamsculptError(f"--camera {path} does not exist. Pass a JSON file with matrix_world, lens, "
+                               "sensor_width and sensor_height (Blender's camera).") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DreamsculptError(f"Cannot read --camera {path}: {getattr(exc, 'strerror', None) or exc}.") from None
+    except json.JSONDecodeError as exc:
+        raise DreamsculptError(f"--camera {path} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                               f"column {exc.colno}).") from None
+    if not isinstance(data, dict):
+        raise DreamsculptError(f"--camera {path} must hold a JSON object with matrix_world, lens, sensor_width "
+                               "and sensor_height.")
+    depth = data.pop("depth", None)
+    return data, depth
+
+
+def parse_views(text: str | None) -> list[dict] | None:
+    """--views "30,0 60,10": (d_azimuth, d_elevation) pairs relative to the reference."""
+    if text is None:
+        return None
+    views = []
+    for pair in text.replace(";", " ").split():
+        try:
+            azimuth, elevation = (float(v) for v in pair.split(","))
+        except ValueError:
+            raise DreamsculptError(f'--views wants d_azimuth,d_elevation pairs of degrees separated by spaces, '
+                                   f'e.g. "30,0 60,10" (got {pair!r}).') from None
+        views.append({"azimuth_deg": azimuth, "elevation_deg": elevation})
+    if not views:
+        raise DreamsculptError('--views is empty: give d_azimuth,d_elevation pairs, e.g. "30,0 60,10".')
+    return views
+
+
+#: Request fields -> the options that set them (the rest: --field-name).
+_OPTIONS = {"elevation_deg": "--elevation", "azimuth_deg": "--azimuth", "fov_deg": "--fov",
+            "mesh.resolution": "--mesh-resolution", "mesh.threshold": "--threshold", "mesh.max_faces": "--max-faces"}
+
+
+def _option_problem(exc, args: argparse.Namespace) -> str:
+    """The first problem pydantic found, as one line naming the option."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] != "value_error" and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        message += f" (got {value})"
+    if loc[0] in ("camera", "depth"):
+        where = ".".join(loc[1:]) if loc[0] == "camera" else "depth"
+        return f"--camera {args.camera}: {where or 'the camera'}: {message}"
+    if loc[0] == "views" and len(loc) > 2:
+        return f"--views pair {int(loc[1]) + 1}: {loc[2].removesuffix('_deg')}: {message}"
+    key = ".".join(loc[:2]) if loc[0] == "mesh" else loc[0]
+    return f"{_OPTIONS.get(key, '--' + loc[0].replace('_', '-'))}: {message}"
+
+
+def run_image(args: argparse.Namespace) -> int:
+    """image-to-3d and novel-views: the options are checked by the job server's own request
+    models, so the CLI and the server accept the same values."""
+    config = image_config(args)   # before importing torch: a mistake is reported at once
+    from .pipeline import run
+
+    out_dir = args.out or default_out_dir(args.image.stem)
+    resume = getattr(args, "resume", False)
+    result = run_with_progress(args, lambda callbacks: run(config, out_dir, callbacks, resume))
+    if config.kind == "novel_views":
+        print(f"wrote {result.count} views to {result.out_dir}/ (novel_views.png) in {result.seconds:.0f} s")
+    else:
+        print_mesh_result(result)
     return 0
 
 
@@ -116,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command in ("image-to-3d", "novel-views"):
+            return run_image(args)
         if args.command == "serve":
             from .server.serve import serve
 

@@ -15,14 +15,28 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..config import KINDS
+from ..errors import DreamsculptError
 from .dispatcher import Busy, Dispatcher
-from .schemas import JOB_ID_PATTERN, Health, JobList, JobRequest, JobStatus, Released
+from .schemas import (
+    JOB_ID_PATTERN,
+    Health,
+    ImageInfo,
+    JobList,
+    JobRequest,
+    JobStatus,
+    Released,
+)
 from .settings import ServerSettings, is_loopback
-from .store import DOWNLOADS
+from .store import DOWNLOADS, MAX_VIEWS, UnknownImage
+from .uploads import MEDIA_TYPES as IMAGE_TYPES
+from .uploads import decode_image
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id, e.g. 20261121-093512-4f2a9c.")]
+ViewIndex = Annotated[str, Path(pattern=r"^[0-9]{2}$", description=f"00 (the reference) to {MAX_VIEWS - 1:02d}.")]
 bearer = HTTPBearer(auto_error=False, description="The token `dreamsculpt token` prints.")
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".json": "application/json",
                ".ply": "application/octet-stream", ".glb": "model/gltf-binary", ".obj": "model/obj"}
@@ -118,13 +132,12 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+        errors = [_public_error(e) for e in exc.errors()]
         lines = []
         for e in errors:
-            where = ".".join(str(part) for part in e.get("loc", ()) if part not in ("body", "path", "query"))
-            lines.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
-        safe = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-        return JSONResponse({"detail": safe, "message": "; ".join(lines)}, status_code=422)
+            where = ".".join(str(part) for part in e["loc"] if part not in ("body", "path", "query"))
+            lines.append(f"{where or 'body'}: {e['msg']}")
+        return JSONResponse({"detail": errors, "message": "; ".join(lines)}, status_code=422)
 
     def found(job: JobStatus | None, job_id: str) -> JobStatus:
         if job is None:
@@ -142,11 +155,34 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
 
     @app.post("/jobs", response_model=JobStatus, status_code=201, dependencies=auth, tags=["jobs"])
     def submit(request: JobRequest) -> JobStatus:
-        """Queue a job; it runs after those before it (FIFO)."""
+        """Queue a job; it runs after those before it (FIFO). The image kinds name an image
+        uploaded with POST /images."""
         try:
             return dispatcher.submit(request)
         except Busy as exc:
             raise HTTPException(503, str(exc)) from exc
+        except UnknownImage as exc:
+            raise RequestValidationError([{"loc": ("body", "image"), "msg": str(exc), "type": "value_error"}]) from exc
+
+    binary = {"schema": {"type": "string", "format": "binary"}}
+
+    @app.post("/images", response_model=ImageInfo, status_code=201, dependencies=auth, tags=["images"],
+              openapi_extra={"requestBody": {"required": True, "content": {t: binary for t in IMAGE_TYPES}}},
+              responses={415: {"description": "Not PNG, JPEG or WebP"}, 422: {"description": "Not a usable image"}})
+    async def upload(request: Request) -> ImageInfo:
+        """Upload a reference image (the raw file as the body). It is stored as PNG (alpha kept)
+        for a week; the returned `image` id goes into image jobs."""
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in IMAGE_TYPES:
+            raise HTTPException(415, f"Send the image as the body with Content-Type {', '.join(IMAGE_TYPES)} "
+                                     f"(got {media_type or 'none'}).")
+        try:
+            decoded = await run_in_threadpool(decode_image, await request.body())
+        except DreamsculptError as exc:
+            return JSONResponse({"detail": str(exc), "message": str(exc)}, status_code=422)
+        await run_in_threadpool(dispatcher.store.images.add, decoded.sha256, decoded.png)
+        return ImageInfo(image=decoded.sha256, width=decoded.width, height=decoded.height,
+                         has_alpha=decoded.has_alpha)
 
     @app.get("/jobs", response_model=JobList, dependencies=auth, tags=["jobs"])
     def list_jobs() -> JobList:
@@ -181,19 +217,7 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
         except Busy as exc:
             raise HTTPException(409, str(exc)) from exc
 
-    for name in DOWNLOADS:
-        _add_download(app, dispatcher, name, auth, found)
-    app.add_middleware(Guards, settings=settings)
-    return app
-
-
-def _add_download(app: FastAPI, dispatcher: Dispatcher, name: str, auth, found) -> None:
-    suffix = name[name.rindex("."):]
-    summary = {"preview.png": "The latest preview while the job runs (then its last one)",
-               "views.png": "Front, right, back and left views of the result",
-               "run.json": "What the run did: settings, timings, mesh size"}.get(name, f"The result, {name}")
-
-    def download(job_id: JobId) -> Response:
+    def send(job_id: str, name: str) -> Response:
         job = found(dispatcher.status(job_id), job_id)
         path = dispatcher.store.download_path(job_id, name)
         if path is None:
@@ -201,8 +225,50 @@ def _add_download(app: FastAPI, dispatcher: Dispatcher, name: str, auth, found) 
             raise HTTPException(404, f"Job {job_id} has {what} (it is {job.status.value}).")
         if name == "preview.png":  # small and replaced while running: send the bytes read at once
             return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
-        return FileResponse(path, media_type=MEDIA_TYPES[suffix], filename=f"{job_id}-{name}")
+        return FileResponse(path, media_type=MEDIA_TYPES[name[name.rindex("."):]], filename=f"{job_id}-{name}")
 
-    app.add_api_route(f"/jobs/{{job_id}}/{name}", download, methods=["GET"], dependencies=auth, tags=["files"],
-                      summary=summary, response_class=Response,
-                      responses={200: {"content": {MEDIA_TYPES[suffix]: {}}}, 404: {"description": "Not there (yet)"}})
+    def named(name: str):
+        def download(job_id: JobId) -> Response:
+            return send(job_id, name)
+        return download
+
+    def view(job_id: JobId, index: ViewIndex) -> Response:
+        return send(job_id, f"view_{index}.png")
+
+    for name in DOWNLOADS:   # the novel views share one route
+        if not name.startswith("view_"):
+            _add_download(app, f"/jobs/{{job_id}}/{name}", named(name), name, auth)
+    _add_download(app, "/jobs/{job_id}/view_{index}.png", view, "view_NN.png", auth)
+    app.add_middleware(Guards, settings=settings)
+    return app
+
+
+SUMMARIES = {"preview.png": "The latest preview while the job runs (then its last one)",
+             "views.png": "Front, right, back and left views of the result",
+             "run.json": "What the run did: settings, timings, mesh size",
+             "input.png": "The reference image of an image job, as uploaded (PNG)",
+             "reference.png": "The reference image as the engine used it: resampled, square, RGBA",
+             "views.json": "Novel views: each view's file and camera, and the placement",
+             "novel_views.png": "Every novel view on one sheet",
+             "view_NN.png": "One novel view (view_00 is the reference)"}
+
+
+def _add_download(app: FastAPI, path: str, download, name: str, auth) -> None:
+    media_type = MEDIA_TYPES[name[name.rindex("."):]]
+    app.add_api_route(path, download, methods=["GET"], dependencies=auth, tags=["files"],
+                      summary=SUMMARIES.get(name, f"The result, {name}"), response_class=Response,
+                      responses={200: {"content": {media_type: {}}}, 404: {"description": "Not there (yet)"}})
+
+
+def _public_error(error: dict) -> dict:
+    """A validation error as clients see it: where and what, without the union's branch name
+    in the location (`prompt`, not `text_to_3d.prompt`), and a missing or unknown kind named."""
+    loc = list(error.get("loc", ()))
+    if loc[:1] == ["body"] and len(loc) > 1 and loc[1] in KINDS:
+        del loc[1]
+    msg = error.get("msg", "invalid")
+    if error.get("type") in ("union_tag_not_found", "union_tag_invalid"):
+        given = "is missing" if error["type"] == "union_tag_not_found" else \
+            f"{str(error.get('input', {}).get('kind'))[:40]!r} is unknown"
+        loc, msg = [*loc, "kind"], f"{given}: say what the job makes, one of {', '.join(map(repr, KINDS))}"
+    return {"loc": loc, "msg": msg, "type": error.get("type")}

@@ -18,9 +18,9 @@ from importlib import metadata
 
 from .. import __version__
 from ..errors import DreamsculptError
-from .schemas import JobRequest, JobResult, JobState, JobStatus, now
+from .schemas import JobRequest, JobResult, JobState, JobStatus, now, total_steps
 from .settings import ServerSettings
-from .store import JobStore
+from .store import INPUT_IMAGE, JobStore
 
 log = logging.getLogger("dreamsculpt.server")
 #: Multi-line details (tracebacks): the log file only, so stderr keeps one line per event.
@@ -102,10 +102,13 @@ class Dispatcher:
             self._queue.append(job.id)
         if self._queue:
             log.info("%d unfinished job(s) queued again", len(self._queue))
+        pruned = self.store.images.prune()
+        if pruned:
+            log.info("deleted %d uploaded image(s) older than a week", pruned)
         self._thread.start()
 
     def submit(self, request: JobRequest) -> JobStatus:
-        total = request.to_config(self.settings.device).train.steps
+        total = total_steps(request.to_config(self.settings.device))
         with self._cond:
             if self._stopping:
                 raise Busy("The server is stopping; submit the job again once it is back.")
@@ -113,9 +116,9 @@ class Dispatcher:
             self._queue.append(job.id)
             self._cond.notify_all()
             job.queue_position = len(self._queue) - 1
-        prompt = getattr(request, "prompt", "")
-        log.info("job %s queued: %s %r prior=%s seed=%s preset=%s steps=%d", job.id, request.kind, prompt,
-                 getattr(request, "prior", "-"), getattr(request, "seed", "-"), getattr(request, "preset", "-"), total)
+        what = repr(request.prompt) if request.kind == "text_to_3d" else f"image {request.image[:12]}"
+        log.info("job %s queued: %s %s prior=%s seed=%s preset=%s steps=%d", job.id, request.kind, what,
+                 request.prior, request.seed, getattr(request, "preset", "-"), total)
         return job
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -285,7 +288,7 @@ class Dispatcher:
         except DreamsculptError as exc:
             self.store.finish(job_id, JobState.failed, str(exc))
             return
-        config = job.request.to_config(self.settings.device)
+        config = job.request.to_config(self.settings.device, self.store.folder(job_id) / INPUT_IMAGE)
         self.store.update(job_id, status=JobState.running, stage="loading", started=job.started or now(),
                           error=None)
         log.info("job %s %s", job_id, "resuming" if resume else "started")
@@ -376,7 +379,9 @@ class _JobRun:
             r = message[2]
             result = JobResult(**r, files=store.result_files(job_id))
             store.finish(job_id, JobState.done, result=result)
-            log.info("job %s done in %.1f s: %d vertices, %d faces", job_id, r["seconds"], r["vertices"], r["faces"])
+            made = f"{r['views']} views" if r.get("views") is not None else \
+                f"{r['vertices']} vertices, {r['faces']} faces"
+            log.info("job %s done in %.1f s: %s", job_id, r["seconds"], made)
             return True
         elif kind == "failed":
             store.finish(job_id, JobState.failed, message[2])

@@ -111,11 +111,11 @@ def serve(settings: ServerSettings) -> int:
         store = JobStore(settings.data_dir)
         dispatcher = Dispatcher(store, settings)
         app = create_app(dispatcher, token, settings)
+        dispatcher.start()   # the store is loaded (and old uploads pruned) before we say we serve
         shown = f"[{host}]" if ":" in host else host
         print(f"dreamsculpt {__version__} serving on http://{shown}:{port}", flush=True)
         print(f"token: {token_path()} (`dreamsculpt token` prints it)", flush=True)
         print(f"jobs and log: {settings.data_dir}", flush=True)
-        dispatcher.start()
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5)
         try:

@@ -1,10 +1,14 @@
-"""Jobs on disk: one folder per job under `<data dir>/jobs/`.
+"""Jobs on disk: one folder per job under `<data dir>/jobs/`; uploaded images under
+`<data dir>/images/`.
 
-    <id>/request.json   what was asked (validated), written once
-    <id>/status.json    a JobStatus, replaced atomically on every change
-    <id>/preview.png    the latest preview while running
-    <id>/out/           the engine's folder: mesh.ply/.glb/.obj, preview.png (4 views),
-                        turntable.gif, run.json, checkpoint.pt
+    jobs/<id>/request.json   what was asked (validated), written once
+    jobs/<id>/status.json    a JobStatus, replaced atomically on every change
+    jobs/<id>/input.png      the reference image of the image kinds (a link to, or a copy of, the upload)
+    jobs/<id>/preview.png    the latest preview while running
+    jobs/<id>/out/           the engine's folder: mesh.ply/.glb/.obj, preview.png (4 views),
+                             turntable.gif, reference.png, run.json, checkpoint.pt; for novel
+                             views view_00.png ..., novel_views.png and views.json
+    images/<sha256>.png      uploads (POST /images), named by the hash of their PNG bytes
 
 A folder appears only complete (it is written under a dot-name, then renamed) and is
 renamed away before it is deleted, so a crash at any moment leaves no half job behind.
@@ -18,14 +22,28 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ..errors import DreamsculptError
-from .schemas import JOB_ID_PATTERN, JobRequest, JobResult, JobState, JobStatus, now
+from .schemas import (
+    IMAGE_ID_PATTERN,
+    JOB_ID_PATTERN,
+    JobRequest,
+    JobResult,
+    JobState,
+    JobStatus,
+    now,
+)
 
 _ID = re.compile(JOB_ID_PATTERN)
+_IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
+#: The reference image of an image job, in its folder (the worker reads it from there).
+INPUT_IMAGE = "input.png"
+#: Most novel views a job makes (view_00.png, the reference, included).
+MAX_VIEWS = 64
 #: Files a client may download: URL name -> path inside the job folder.
 DOWNLOADS = {
     "preview.png": "preview.png",
@@ -35,7 +53,14 @@ DOWNLOADS = {
     "views.png": "out/preview.png",
     "turntable.gif": "out/turntable.gif",
     "run.json": "out/run.json",
+    "input.png": INPUT_IMAGE,
+    "reference.png": "out/reference.png",
+    "views.json": "out/views.json",
+    "novel_views.png": "out/novel_views.png",
+    **{f"view_{i:02d}.png": f"out/view_{i:02d}.png" for i in range(MAX_VIEWS)},
 }
+#: Uploads are kept this long after their last upload; a job keeps its own input.png.
+IMAGE_KEEP_S = 7 * 24 * 3600.0
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -46,14 +71,66 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _make_folder(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DreamsculptError(f"Cannot create the folder {path}: {exc.strerror}. Pass a writable --data-dir.") from exc
+    return path
+
+
+class UnknownImage(LookupError):
+    """A job names an image that was not uploaded (or was pruned)."""
+
+
+class ImageStore:
+    """Uploaded images, one PNG per distinct picture: `<sha256 of its bytes>.png`."""
+
+    def __init__(self, root: Path):
+        self.root = _make_folder(Path(root))
+
+    def path(self, image_id: str) -> Path:
+        """The stored PNG of `image_id`; UnknownImage when there is none."""
+        path = self.root / f"{image_id}.png"
+        if not _IMAGE_ID.match(image_id) or not path.is_file():
+            raise UnknownImage(f"No uploaded image {image_id[:12]}...: upload it first with POST /images "
+                               f"(uploads are kept {IMAGE_KEEP_S / 86400:g} days).")
+        return path
+
+    def add(self, image_id: str, png: bytes) -> Path:
+        """Store `png` (whose sha256 is `image_id`); the same picture again only renews its age."""
+        path = self.root / f"{image_id}.png"
+        if path.is_file():
+            os.utime(path)
+        else:
+            write_atomic(path, png)
+        return path
+
+    @staticmethod
+    def link(source: Path, target: Path) -> None:
+        """Put an upload at `target`: a hard link where the file system allows, else a copy."""
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+
+    def prune(self, max_age_s: float = IMAGE_KEEP_S) -> int:
+        """Delete uploads (and left-over temporary files) older than `max_age_s`; returns how many."""
+        cutoff, removed = time.time() - max_age_s, 0
+        for path in self.root.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+
 class JobStore:
     def __init__(self, root: Path):
-        self.root = Path(root) / "jobs"
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DreamsculptError(f"Cannot create the job folder {self.root}: {exc.strerror}. "
-                                   "Pass a writable --data-dir.") from exc
+        self.root = _make_folder(Path(root) / "jobs")
+        self.images = ImageStore(Path(root) / "images")
         self._lock = threading.RLock()
         self._jobs: dict[str, JobStatus] = {}
         self._next_seq = 1
@@ -85,7 +162,9 @@ class JobStore:
 
     # --- changing -------------------------------------------------------------------------
     def create(self, request: JobRequest, total: int) -> JobStatus:
-        """A new queued job; its folder is complete when it appears."""
+        """A new queued job; its folder is complete when it appears. UnknownImage when the
+        request names an image that is not uploaded."""
+        image = self.images.path(request.image) if hasattr(request, "image") else None
         with self._lock:
             stamp = now()
             while True:
@@ -98,6 +177,8 @@ class JobStore:
             staging = self.root / f".{job_id}.new"
             staging.mkdir()
             (staging / "out").mkdir()
+            if image is not None:
+                self.images.link(image, staging / INPUT_IMAGE)
             write_atomic(staging / "request.json", request.model_dump_json(indent=2).encode())
             write_atomic(staging / "status.json", job.model_dump_json(indent=2).encode())
             os.replace(staging, self.root / job_id)

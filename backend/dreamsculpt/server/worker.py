@@ -1,4 +1,5 @@
-"""The worker process: runs the engine, one job at a time, for the server process.
+"""The worker process: runs the engine (`pipeline.run`, any kind), one job at a time, for the
+server process.
 
 Torch lives here and only here, so the server keeps answering HTTP while a job takes both
 cores, a crash in the engine cannot take the server down, and stopping this process gives
@@ -72,7 +73,7 @@ def run_job(conn, cancel, models, job_id: str, config_dict: dict, folder: str, r
     from ..config import RunConfig
     from ..errors import CancelledError, DreamsculptError
     from ..optimize import Callbacks
-    from ..pipeline import CHECKPOINT, generate
+    from ..pipeline import CHECKPOINT, run
 
     folder = Path(folder)
     out = folder / "out"
@@ -92,24 +93,27 @@ def run_job(conn, cancel, models, job_id: str, config_dict: dict, folder: str, r
 
     try:
         config = RunConfig.from_dict(config_dict)
-        result = generate(config, out, Callbacks(on_progress, on_preview, should_cancel), resume, models)
-        conn.send(("done", job_id, {"vertices": result.vertices, "faces": result.faces,
-                                    "seconds": round(result.seconds, 2), "threshold": result.threshold}))
+        result = run(config, out, Callbacks(on_progress, on_preview, should_cancel), resume, models)
+        if config.kind == "novel_views":
+            made = {"views": result.count}
+        else:
+            made = {"vertices": result.vertices, "faces": result.faces, "threshold": result.threshold}
+        conn.send(("done", job_id, {**made, "seconds": round(result.seconds, 2)}))
     except CancelledError:
         conn.send(("cancelled", job_id))
     except DreamsculptError as exc:
         conn.send(("failed", job_id, str(exc), None))
     except torch.cuda.OutOfMemoryError:
         models.clear()
-        conn.send(("failed", job_id, "The GPU ran out of memory. Close other GPU programs, use preset "
-                   "'preview' or a lower resolution, or set fp16.", traceback.format_exc()))
+        conn.send(("failed", job_id, ("The GPU ran out of memory. Close other GPU programs, use preset "
+                                      "'preview' or a lower resolution, or set fp16."), traceback.format_exc()))
     except MemoryError:
         models.clear()
-        conn.send(("failed", job_id, "The machine ran out of memory. Use preset 'preview', a lower "
-                   "resolution or mesh resolution.", None))
+        conn.send(("failed", job_id, ("The machine ran out of memory. Use preset 'preview', a lower "
+                                      "resolution or mesh resolution."), None))
     except Exception as exc:  # noqa: BLE001 - a bug: report it, keep serving the queue
-        conn.send(("failed", job_id, f"Internal error ({type(exc).__name__}: {exc}); the traceback is "
-                   "in the server log. Please report it.", traceback.format_exc()))
+        conn.send(("failed", job_id, (f"Internal error ({type(exc).__name__}: {exc}); the traceback is "
+                                      "in the server log. Please report it."), traceback.format_exc()))
     conn.send(("models", models.names()))
 
 
