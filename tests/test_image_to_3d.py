@@ -223,3 +223,43 @@ def test_zero123_image_to_3d_runs_the_whole_loop(tmp_path, tiny_zero123):
     assert result.faces > 100
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["kind"] == "image_to_3d" and len(record["placement"]) == 4
+
+
+def test_image_to_3d_resumes_from_its_checkpoint(tmp_path):
+    """A cancelled image run keeps its checkpoint; --resume picks it up at the same step and the
+    result is placed as before (the reference view is rebuilt from the same picture)."""
+    from dreamsculpt.errors import CancelledError
+    from dreamsculpt.optimize import Callbacks
+
+    path, spec = _picture(tmp_path, "sphere", _rolled_camera(-60.0, 20.0, 3.0, 0.0))
+    config = build_image_config("image_to_3d", str(path), prior="builtin", camera=spec, depth=3.0,
+                                preset="preview", steps=40, resolution=32, mesh_resolution=64)
+    seen = []
+    stop = Callbacks(on_progress=lambda p: seen.append(p.step) if p.stage == "optimising" else None,
+                     should_cancel=lambda: len(seen) >= 25)
+    with pytest.raises(CancelledError):
+        image_to_3d(config, tmp_path / "out", stop)
+    resumed = []
+    image_to_3d(config, tmp_path / "out", Callbacks(on_progress=lambda p: resumed.append((p.step, p.stage))), resume=True)
+    steps = [s for s, stage in resumed if stage == "optimising"]
+    assert steps[0] == 26 and steps[-1] == 40
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["placement"][0][0] > 0
+
+
+def test_magic123_style_text_guidance_joins_zero123(tmp_path, tiny_zero123):
+    """--prompt with --text-weight adds Stable Diffusion text SDS on top of Zero123 (tiny random
+    models for both): the run goes through and says so in run.json; without a prompt it is an
+    error that says what to add."""
+    from tiny_sd import build_tiny_sd
+
+    sd = build_tiny_sd(tmp_path / "sd")
+    path, spec = _picture(tmp_path, "cube", _rolled_camera(-60.0, 20.0, 3.0, 0.0))
+    options = dict(prior="zero123", model=tiny_zero123, camera=spec, text_model=sd, text_weight=0.5,
+                   preset="preview", steps=6, resolution=32, mesh_resolution=48)
+    with pytest.raises(DreamsculptError, match="needs a prompt"):
+        run(build_image_config("image_to_3d", str(path), **options), tmp_path / "no-prompt")
+    config = build_image_config("image_to_3d", str(path), prompt="a wooden crate", **options)
+    config.mesh.threshold = 1e-3     # a 6-step field is faint: mesh whatever is there
+    run(config, tmp_path / "out")
+    detail = json.loads((tmp_path / "out" / "run.json").read_text())["prior_detail"]
+    assert detail.startswith("zero123: ") and f"+ sd: {sd} x 0.5" in detail

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .cameras import Cameras, orbit_c2w
 from .config import ImageConfig
@@ -103,17 +103,14 @@ class ReferenceView:
 
 def read_image(path: str | Path) -> tuple[torch.Tensor, bool]:
     """-> ([4, H, W] float straight RGBA in [0, 1], whether the file has transparency)."""
-    from .guidance.references import _as_rgba
+    from .guidance.references import IMAGE_ERRORS, open_rgba
 
     path = Path(path)
     if not path.is_file():
         raise DreamsculptError(f"The image {path} does not exist. Pass a PNG, JPG or WebP file.")
     try:
-        with Image.open(path) as opened:
-            img = ImageOps.exif_transpose(opened)
-            img.load()
-            rgba = _as_rgba(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        rgba = open_rgba(path)
+    except IMAGE_ERRORS as exc:
         raise DreamsculptError(f"Cannot read {path.name} as an image ({exc}). Pass a PNG, JPG or WebP "
                                "file (a render with a transparent background works best).") from exc
     height, width = rgba.shape[:2]

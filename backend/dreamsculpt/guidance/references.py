@@ -104,14 +104,24 @@ def _image_paths(folder: Path) -> list[Path]:
     return paths
 
 
+#: What PIL raises for a file it cannot decode.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def open_rgba(path: Path) -> np.ndarray:
+    """[H, W, 4] float32 straight RGBA in [0, 1], JPEG EXIF orientation applied. Raises one of
+    IMAGE_ERRORS when the file cannot be decoded."""
+    with Image.open(path) as opened:
+        img = ImageOps.exif_transpose(opened)
+        img.load()
+        return _as_rgba(img)
+
+
 def _read_image(path: Path) -> tuple[torch.Tensor, bool]:
     """-> ([3, H, W] float in [0, 1] composited over white, whether it had transparency)."""
     try:
-        with Image.open(path) as opened:
-            img = ImageOps.exif_transpose(opened)
-            img.load()
-            rgba = _as_rgba(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        rgba = open_rgba(path)
+    except IMAGE_ERRORS as exc:
         raise DreamsculptError(f"Cannot decode the image {path.name} in {path.parent} ({exc}). "
                                "Re-save it as PNG or JPEG, or remove it from the folder.") from exc
     height, width = rgba.shape[:2]

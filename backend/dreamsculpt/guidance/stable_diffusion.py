@@ -13,6 +13,7 @@ imported inside the loaders so importing this module stays cheap.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,15 @@ def _load_parts(source: str, local_files_only: bool) -> tuple:
 
 
 def _load_from_hub(repo: str) -> tuple:
-    """The Hugging Face cache first (works offline), then the network unless HF_HUB_OFFLINE."""
+    return load_from_hub(repo, _load_parts, "Stable Diffusion model", _WHAT_TO_DO)
+
+
+def load_from_hub(repo: str, load_parts: Callable[[str, bool], Any], what: str, what_to_do: str) -> Any:
+    """`load_parts(repo, local_files_only)` from the Hugging Face cache first (works offline),
+    then the network unless HF_HUB_OFFLINE; any failure is one DreamsculptError naming `what`
+    and saying what to do. Shared by the Stable Diffusion and Zero123 loaders."""
     try:
-        return _load_parts(repo, local_files_only=True)
+        return load_parts(repo, True)
     except (OSError, ValueError) as exc:
         error: Exception = exc
     if not _hub_offline():
@@ -120,15 +127,16 @@ def _load_from_hub(repo: str) -> tuple:
             from huggingface_hub import model_info
 
             model_info(repo, timeout=10)
-            return _load_parts(repo, local_files_only=False)
+            return load_parts(repo, False)
+        except DreamsculptError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
             error = exc
     reason = "the model hub is unreachable"
     if _reached_hub(error) and not _is_offline_error(error):
         reason = f"the model hub did not provide it ({_first_line(error)})"
-    raise DreamsculptError(
-        f"Could not load Stable Diffusion model '{repo}': not a local folder or file, and "
-        f"{reason}. {_WHAT_TO_DO}") from error
+    raise DreamsculptError(f"Could not load {what} '{repo}': not a local folder or file, and "
+                           f"{reason}. {what_to_do}") from error
 
 
 def _load_single_file(path: Path) -> tuple:

@@ -22,10 +22,8 @@ from ..errors import DreamsculptError
 from .stable_diffusion import (
     SINGLE_FILE_SUFFIXES,
     _first_line,
-    _hub_offline,
-    _is_offline_error,
     _looks_like_path,
-    _reached_hub,
+    load_from_hub,
 )
 from .zero123 import CLIP_MEAN, CLIP_STD, Zero123Components, resolve_variant
 
@@ -88,28 +86,9 @@ def _load_folder(path: Path, model: str) -> Zero123Components:
 
 
 def _load_from_hub(repo: str) -> Zero123Components:
-    """The Hugging Face cache first (works offline), then the network unless HF_HUB_OFFLINE."""
-    try:
-        return _load_parts(repo, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        error: Exception = exc
-    if not _hub_offline():
-        try:
-            from huggingface_hub import model_info
-
-            model_info(repo, timeout=10)   # one quick request: no 25 s of retries offline
-            return _load_parts(repo, local_files_only=False)
-        except DreamsculptError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
-            error = exc
-    reason = "the model hub is unreachable"
-    if _reached_hub(error) and not _is_offline_error(error):
-        reason = f"the model hub did not provide it ({_first_line(error)})"
-    raise DreamsculptError(f"Could not load Zero123 model '{repo}': not a local folder or file, "
-                           f"and {reason}. Download it once with network access, pass a "
-                           "Zero123 diffusers folder or original checkpoint with --model PATH, "
-                           "or use --prior builtin for offline runs.") from error
+    return load_from_hub(repo, _load_parts, "Zero123 model",
+                         "Download it once with network access, pass a Zero123 diffusers folder or "
+                         "original checkpoint with --model PATH, or use --prior builtin for offline runs.")
 
 
 def _fetch(source: str, filename: str, local_files_only: bool) -> Path | None:
