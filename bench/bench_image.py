@@ -5,7 +5,8 @@ the object, which sits off the origin at (1, 2, 0.5)) into an RGBA PNG with that
 CameraSpec, exactly what the Blender add-on sends. `pipeline.image_to_3d` reconstructs it; the
 mesh, mapped into the world by run.json's placement, is scored by voxel IoU at 64^3 against
 the true solid. Novel views: `pipeline.novel_views`, a ring of 8 (7 sampled) at 50 DDIM steps.
-Ablations (cube, CI size): reference-view losses alone, and the prior alone.
+Ablations (cube, CI size): reference-view losses alone, and the prior alone. The cube is also
+run with the tests' tiny random Zero123, for the Zero123 path's own cost at both settings.
 
     .venv/bin/python bench/bench_image.py                        # CI size and standard, all shapes (~15 min)
     .venv/bin/python bench/bench_image.py --settings ci --shapes cube torus --no-ablation
@@ -56,19 +57,23 @@ def picture(shape: str, folder: Path) -> tuple[Path, dict]:
                   "sensor_fit": "AUTO", "shift_x": 0.0, "shift_y": 0.0}
 
 
-def reconstruct(shape: str, setting: str, folder: Path, **image) -> dict:
+def reconstruct(shape: str, setting: str, folder: Path, zero123: str | None = None, **image) -> dict:
     path, spec = picture(shape, folder)
-    config = build_image_config("image_to_3d", str(path), prior="builtin", camera=spec, depth=3.5, **SETTINGS[setting])
+    prior = {"prior": "zero123", "model": zero123} if zero123 else {"prior": "builtin"}
+    config = build_image_config("image_to_3d", str(path), camera=spec, depth=3.5, **prior, **SETTINGS[setting])
     for key, value in image.items():
         setattr(config.image if hasattr(config.image, key) else config.train, key, value)
-    out = folder / f"{shape}-{setting}-{'-'.join(image) or 'full'}"
+    out = folder / f"{shape}-{setting}-{'-'.join(image) or 'full'}{'-zero123' if zero123 else ''}"
     with OtherCpuUse() as others:
         result = image_to_3d(config, out)
     placement = torch.tensor(json.loads((out / "run.json").read_text())["placement"])
     mesh = trimesh.load(out / "mesh.ply", process=False)
     shift = torch.tensor(TARGET)
     iou = voxel_iou(mesh, lambda p: shape_occupancy(shape, p * placement[0, 0] + placement[:3, 3] - shift))
-    return {"shape": shape, "setting": setting, "variant": ", ".join(f"{k}={v}" for k, v in image.items()) or "full",
+    variant = ", ".join(f"{k}={v}" for k, v in image.items()) or "full"
+    if zero123:
+        variant = "tiny random Zero123 (timing only)"
+    return {"shape": shape, "setting": setting, "variant": variant,
             "steps": config.train.steps, "render_px": config.render.resolution, "seconds": round(result.seconds, 1),
             "iou": round(iou, 3), "faces": result.faces,
             "others": None if others.cores is None else round(others.cores, 2)}
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["ci", "standard"])
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--no-zero123", action="store_true", help="skip the runs with the tests' tiny random Zero123")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -104,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ablation:
         rows.append(reconstruct("cube", "ci", folder, guidance_weight=0.0))
         rows.append(reconstruct("cube", "ci", folder, lambda_rgb=0.0, lambda_mask=0.0))
+    if not args.no_zero123:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from tiny_zero123 import build_tiny_zero123
+
+        model = build_tiny_zero123(folder / "tiny-zero123")
+        for setting in args.settings:
+            rows.append(reconstruct("cube", setting, folder, zero123=model))
     print(f"\n### One picture -> 3D, built-in prior (image_to_3d)\n\nMachine: {machine()}; {version}. Outputs: {folder}\n")
     print(markdown_table(["shape", "setting", "variant", "steps", "render px", "seconds", "voxel IoU (world)", "faces",
                           "cores used by others"],
@@ -111,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
                            r["faces"], "?" if r["others"] is None else r["others"]] for r in rows]))
     for setting in args.settings:
         chosen = [r for r in rows if r["setting"] == setting and r["variant"] == "full"]
+        if not chosen:
+            continue
         print(f"\n{setting}: mean IoU {np.mean([r['iou'] for r in chosen]):.3f}, "
               f"mean seconds {np.mean([r['seconds'] for r in chosen]):.1f}")
     print("\n- variant guidance_weight=0.0: reference-view losses only (no prior); lambda_rgb=lambda_mask=0: the prior only.")
+    print("- tiny random Zero123: the real Zero123 code path at CI size (a random model teaches nothing: its IoU is "
+          "the reference-view losses' alone); Zero123-XL-sized step costs are in bench/bench_zero123.py.")
     view_rows = [views(shape, folder, 8, 50) for shape in args.shapes[:2]]
     print("\n### Novel views, built-in prior (ring of 8: 7 sampled, 50 DDIM steps of the exact denoiser)\n")
     print(markdown_table(["shape", "views", "DDIM steps", "seconds", "seconds per view"],

@@ -228,7 +228,7 @@ def build_image_config(kind: str, image: str, *, prior: str = "zero123", camera:
                        max_faces: int | None = MeshConfig.max_faces, obj: bool = False, device: str = "auto",
                        fp16: bool = False, view_count: int = 8,
                        views: list[tuple[float, float]] | None = None, autoregressive: bool = False,
-                       sample_steps: int | None = None) -> RunConfig:
+                       neighbours: int = 2, sample_steps: int | None = None) -> RunConfig:
     """The RunConfig of an image_to_3d or novel_views run (CLI flags or a job request). For
     novel_views `steps` is not used: `sample_steps` (default 50) sets the denoising steps."""
     config = build_config(prompt, prior=prior, model=text_model, preset=preset, seed=seed, steps=steps,
@@ -240,7 +240,7 @@ def build_image_config(kind: str, image: str, *, prior: str = "zero123", camera:
     i = config.image
     i.path, i.camera, i.depth = str(image), camera, depth
     i.elevation_deg, i.azimuth_deg, i.fov_deg = elevation_deg, azimuth_deg, fov_deg
-    i.text_weight, i.view_count, i.autoregressive = text_weight, view_count, autoregressive
+    i.text_weight, i.view_count, i.autoregressive, i.neighbours = text_weight, view_count, autoregressive, neighbours
     i.views = tuple((float(a), float(e)) for a, e in (views or ()))
     if sample_steps is not None:
         i.sample_steps = sample_steps

@@ -241,10 +241,9 @@ class NovelViewsRequest(_FromImage):
 
     def to_config(self, device: str = "auto", image_path: str | Path = "") -> RunConfig:
         views = [(v.azimuth_deg, v.elevation_deg) for v in self.views] if self.views else None
-        config = build_image_config(self.kind, str(image_path), **self._image_options(device), view_count=self.count,
-                                    views=views, autoregressive=self.autoregressive, sample_steps=self.steps)
-        config.image.neighbours = self.neighbours
-        return config
+        return build_image_config(self.kind, str(image_path), **self._image_options(device), view_count=self.count,
+                                  views=views, autoregressive=self.autoregressive, neighbours=self.neighbours,
+                                  sample_steps=self.steps)
 
 
 #: What POST /jobs accepts: one of the kinds, told apart by `kind`.
