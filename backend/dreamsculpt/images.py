@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -308,6 +309,32 @@ def _resample(rgba: torch.Tensor, real: RealCamera, rotation: torch.Tensor, fov_
     colour, alpha = out[0, :3], out[0, 3:].clamp(0, 1)
     straight = torch.where(alpha > 1e-4, colour / alpha.clamp_min(1e-4), torch.ones_like(colour))
     return torch.cat([straight.clamp(0, 1), alpha])
+
+
+def alpha_over_white(rgb: torch.Tensor, tolerance: float = 0.04, soft: float = 0.08) -> torch.Tensor:
+    """[3, S, S] a view drawn over white -> [4, S, S] with an alpha: the background is the
+    near-white region that touches the frame (so white parts inside the object stay opaque),
+    with a soft edge over the next `soft` of distance from white."""
+    from scipy import ndimage
+
+    distance = (1.0 - rgb).amax(0)
+    near_white = (distance <= tolerance).numpy()
+    labels, _ = ndimage.label(near_white)
+    border = set(labels[0]) | set(labels[-1]) | set(labels[:, 0]) | set(labels[:, -1])
+    background = torch.from_numpy(np.isin(labels, [b for b in border if b]))
+    edge = ((distance - tolerance) / soft).clamp(0, 1)
+    # Background pixels are transparent; pixels next to it fade in with their distance from white.
+    near = torch.from_numpy(ndimage.binary_dilation(background.numpy(), iterations=2))
+    alpha = torch.where(background, torch.zeros_like(edge), torch.where(near, edge, torch.ones_like(edge)))
+    return straight_rgba(rgb, alpha[None])
+
+
+def straight_rgba(over_white: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Colour composited over white [3, S, S] and its alpha [1, S, S] -> straight RGBA [4, S, S]
+    (what PNG stores): the colour is un-composited where the alpha allows."""
+    colour = (over_white - (1.0 - alpha)) / alpha.clamp_min(1e-3)
+    colour = torch.where(alpha > 1e-3, colour, over_white).clamp(0, 1)
+    return torch.cat([colour, alpha])
 
 
 def save_rgba(image: torch.Tensor, path: Path) -> None:

@@ -19,7 +19,13 @@ from .config import IMAGE_PRIORS, KINDS, PRIORS, REFERENCE_WEIGHTS, RunConfig
 from .errors import DreamsculptError
 from .guidance.base import CombinedGuidance, Guidance
 from .guidance.image_sets import ImageSet
-from .images import ReferenceView, reference_view, save_rgba
+from .images import (
+    ReferenceView,
+    alpha_over_white,
+    reference_view,
+    save_rgba,
+    straight_rgba,
+)
 from .mesh import export_mesh, extract_mesh
 from .models import ModelCache
 from .optimize import Callbacks, Progress, ReferenceTarget, Trainer
@@ -309,7 +315,9 @@ def novel_views(config: RunConfig, out_dir: Path, callbacks: Callbacks | None = 
     else:
         raise DreamsculptError(f"Unknown prior {g.prior!r} for an image: choose one of {', '.join(IMAGE_PRIORS)}.")
     _make_out_dir(out_dir)
-    images = torch.cat([view.resized(images.shape[-1])[0][None], images.cpu().float()])
+    size = images.shape[-1]
+    rgb, mask = view.resized(size)
+    images = torch.stack([straight_rgba(rgb, mask)] + [alpha_over_white(image) for image in images.cpu().float()])
     save_rgba(view.rgba, out_dir / "reference.png")
     record = _placement_record(view)
     world = view.to_world(targets.c2w)
