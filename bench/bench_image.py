@@ -31,7 +31,8 @@ from PIL import Image
 
 from dreamsculpt.cameras import Cameras, orbit_c2w
 from dreamsculpt.config import build_image_config
-from dreamsculpt.guidance.shapes import SHAPES, render_shape, shape_occupancy
+from dreamsculpt.shapes.geometry import SHAPES, shape_occupancy
+from dreamsculpt.shapes.tracing import render_shape
 from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.pipeline import image_to_3d, novel_views
 

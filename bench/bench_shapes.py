@@ -26,7 +26,7 @@ import trimesh
 from dreamsculpt.cli import build_parser, config_from_args
 from dreamsculpt.config import PRESETS
 from dreamsculpt.errors import DreamsculptError
-from dreamsculpt.guidance.shapes import COLOURS, SHAPES, shape_occupancy
+from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy
 from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.optimize import Callbacks
 from dreamsculpt.pipeline import generate

@@ -31,10 +31,10 @@ def reference_image(folder: Path, shape: str = "cube", colour: str = "red", elev
     """An RGBA PNG of a built-in shape seen from the front (azimuth -90) at `elevation_deg`,
     distance 3, field of view 40: what a render with a transparent film gives."""
     from dreamsculpt.cameras import Cameras
-    from dreamsculpt.guidance.shapes import write_reference_folder
+    from dreamsculpt.shapes.library import write_shape_folder
 
     views = Cameras.from_orbit(-90.0, elevation_deg, 3.0, 40.0)
-    write_reference_folder(shape, colour, folder, resolution, views=views, with_poses=False, alpha=True)
+    write_shape_folder(shape, colour, folder, resolution, views=views, with_poses=False, alpha=True)
     return Path(folder) / "view_000.png"
 
 

@@ -164,7 +164,7 @@ def _png(size: int = 128, shape: str = "sphere") -> bytes:
     """A built-in shape seen from the front (az -90, el 0, fov 40), RGBA on a transparent film."""
     import torch
     from dreamsculpt.cameras import Cameras
-    from dreamsculpt.guidance.shapes import render_shape
+    from dreamsculpt.shapes.tracing import render_shape
     from PIL import Image
 
     cams = Cameras.from_orbit(torch.tensor([-90.0]), torch.tensor([0.0]), torch.tensor([3.0]), torch.tensor([40.0]))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dreamsculpt import cli
-from dreamsculpt.guidance.references import save_reference_images
+from dreamsculpt.image_folders import save_image_folder
 
 SCRIPT = Path(sys.executable).with_name("dreamsculpt")
 
@@ -39,7 +39,7 @@ def error_line(stderr: str) -> str:
 
 def image_folder(folder: Path, sizes=((16, 16),)) -> Path:
     for i, (h, w) in enumerate(sizes):
-        save_reference_images(folder, torch.rand(1, 3, h, w), [f"view_{i}.png"])
+        save_image_folder(folder, torch.rand(1, 3, h, w), [f"view_{i}.png"])
     return folder
 
 

@@ -18,7 +18,8 @@ import trimesh
 from PIL import Image
 
 from dreamsculpt import cli
-from dreamsculpt.guidance.shapes import shape_occupancy, write_reference_folder
+from dreamsculpt.shapes.geometry import shape_occupancy
+from dreamsculpt.shapes.library import write_shape_folder
 from dreamsculpt.metrics import voxel_iou
 
 pytestmark = pytest.mark.slow
@@ -92,7 +93,7 @@ def test_builtin_red_shape(shape, tmp_path):
 
 def test_reference_folder_with_poses(tmp_path):
     shape = "cylinder"
-    folder = write_reference_folder(shape, "green", tmp_path / "photos", resolution=64)
+    folder = write_shape_folder(shape, "green", tmp_path / "photos", resolution=64)
     assert (folder / "poses.json").is_file()
     out = tmp_path / "from-photos"
     run = generate(out, f"a {shape}", "--prior", "references", "--references", str(folder))

@@ -18,9 +18,10 @@ from PIL import Image
 from dreamsculpt.cameras import Cameras, orbit_c2w
 from dreamsculpt.config import ImageConfig, build_image_config
 from dreamsculpt.errors import DreamsculptError
-from dreamsculpt.guidance.conditioned import best_fit
-from dreamsculpt.guidance.shapes import COLOURS, SHAPES, render_shape, shape_occupancy
-from dreamsculpt.images import reference_view
+from dreamsculpt.shapes.fitting import best_fit
+from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy
+from dreamsculpt.shapes.tracing import render_shape
+from dreamsculpt.picture import picture_view
 from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.pipeline import image_to_3d, novel_views, run
 
@@ -72,7 +73,7 @@ def test_a_rolled_shifted_non_square_camera_is_resampled_exactly(tmp_path):
     c2w = _rolled_camera(-50.0, 30.0, 4.0, roll_deg=25.0, target=(0.3, -0.2, 0.1))
     path, spec = _picture(tmp_path, "cube", c2w, fov_deg=35.0, size=320, crop=(40, 280, 10, 300),
                           offset=(0.3, -0.2, 0.1))
-    view = reference_view(ImageConfig(path=str(path), camera=spec, depth=4.0))
+    view = picture_view(ImageConfig(path=str(path), camera=spec, depth=4.0))
     world = Cameras(view.world_c2w[None], view.camera.fov_deg, view.camera.azimuth_deg,
                     view.camera.elevation_deg, view.camera.distance)
     truth = render_shape("cube", world, 256, offset=(0.3, -0.2, 0.1)).coverage[0]
@@ -95,8 +96,8 @@ def test_an_opaque_picture_on_a_plain_background_gives_the_same_mask(tmp_path):
     with_alpha, _ = _picture(tmp_path, "sphere", c2w, name="a.png")
     opaque, _ = _picture(tmp_path, "sphere", c2w, alpha=False, name="b.png")
     config = ImageConfig(azimuth_deg=-90.0, elevation_deg=10.0)
-    a = reference_view(config, with_alpha)
-    b = reference_view(config, opaque)
+    a = picture_view(config, with_alpha)
+    b = picture_view(config, opaque)
     assert _iou(a.mask[0], b.mask[0]) > 0.97
 
 
@@ -123,14 +124,14 @@ def test_bad_pictures_say_what_to_do(tmp_path, problem, message):
     elif problem == "not_an_image":
         path.write_text("not a picture")
     with pytest.raises(DreamsculptError, match=message):
-        reference_view(ImageConfig(path=str(path)))
+        picture_view(ImageConfig(path=str(path)))
 
 
 def test_the_builtin_fit_recognises_each_shape_from_one_view(tmp_path):
     c2w = _rolled_camera(-30.0, 35.0, 3.5, 0.0)
     for shape, colour in zip(SHAPES, COLOURS):
         path, spec = _picture(tmp_path, shape, c2w, colour=colour, name=f"{shape}.png")
-        fit = best_fit(reference_view(ImageConfig(path=str(path), camera=spec)))
+        fit = best_fit(picture_view(ImageConfig(path=str(path), camera=spec)))
         assert fit.shape == shape
         assert fit.iou > 0.9
         assert np.allclose(fit.albedo, COLOURS[colour], atol=0.08)
@@ -143,7 +144,7 @@ def test_a_picture_of_no_builtin_shape_is_refused(tmp_path):
     path = tmp_path / "l.png"
     Image.fromarray(array).save(path)
     with pytest.raises(DreamsculptError, match="does not look like any built-in shape"):
-        best_fit(reference_view(ImageConfig(path=str(path))))
+        best_fit(picture_view(ImageConfig(path=str(path))))
 
 
 def test_image_to_3d_reconstructs_the_shape_where_the_camera_saw_it(tmp_path):

@@ -11,7 +11,7 @@ import trimesh
 from dreamsculpt.config import FieldConfig, MeshConfig
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.fields import TriplaneField
-from dreamsculpt.guidance.shapes import shape_occupancy
+from dreamsculpt.shapes.geometry import shape_occupancy
 from dreamsculpt.mesh import Mesh, export_mesh, extract_mesh
 from dreamsculpt.metrics import voxel_iou
 

@@ -13,8 +13,8 @@ import torch
 from dreamsculpt.config import RunConfig
 from dreamsculpt.errors import CancelledError, DreamsculptError, NonFiniteError
 from dreamsculpt.guidance.base import GuidanceOutput
-from dreamsculpt.guidance.image_sets import ImageSet
-from dreamsculpt.guidance.reference import ReferencePrior
+from dreamsculpt.image_sets import ImageSet
+from dreamsculpt.guidance.closed_form import ClosedFormPrior
 from dreamsculpt.optimize import Callbacks, Progress, Trainer
 from dreamsculpt.pipeline import build_guidance
 
@@ -37,9 +37,9 @@ def tiny_config(steps: int = STEPS, seed: int = 0) -> RunConfig:
     return config
 
 
-def tiny_prior(config: RunConfig) -> ReferencePrior:
+def tiny_prior(config: RunConfig) -> ClosedFormPrior:
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    return ReferencePrior(ImageSet(images, ["a"] * 4), torch.ones(4, dtype=torch.bool), config.guidance)
+    return ClosedFormPrior(ImageSet(images, ["a"] * 4), torch.ones(4, dtype=torch.bool), config.guidance)
 
 
 def trainer(config: RunConfig | None = None, callbacks: Callbacks | None = None,

@@ -11,8 +11,8 @@ import torch
 
 from dreamsculpt.cameras import Cameras
 from dreamsculpt.config import GuidanceConfig
-from dreamsculpt.guidance.image_sets import ImageSet
-from dreamsculpt.guidance.reference import ReferencePrior
+from dreamsculpt.image_sets import ImageSet
+from dreamsculpt.guidance.closed_form import ClosedFormPrior
 
 SIZE, N = 8, 4
 
@@ -26,9 +26,9 @@ def random_set(posed: bool = False, seed: int = 0) -> ImageSet:
                     torch.full((N,), 3.0), torch.full((N,), 40.0))
 
 
-def prior(images: ImageSet, condition=None, **config) -> ReferencePrior:
+def prior(images: ImageSet, condition=None, **config) -> ClosedFormPrior:
     condition = torch.ones(len(images), dtype=torch.bool) if condition is None else condition
-    return ReferencePrior(images, condition, GuidanceConfig(prior="references", **config))
+    return ClosedFormPrior(images, condition, GuidanceConfig(prior="references", **config))
 
 
 def noised(x0: torch.Tensor, alpha_bar: float, seed: int = 1) -> torch.Tensor:
@@ -95,7 +95,7 @@ def test_no_poses_means_no_view_kernel():
     assert torch.equal(p.log_view_kernel(Cameras.from_orbit([0.0, 77.0], 10.0, 3.0, 40.0)), torch.zeros(2, N))
 
 
-def sds(p: ReferencePrior, images: torch.Tensor, seed: int = 3, progress: float = 0.0):
+def sds(p: ClosedFormPrior, images: torch.Tensor, seed: int = 3, progress: float = 0.0):
     cams = Cameras.from_orbit(torch.zeros(len(images)), 0.0, 3.0, 40.0)
     return p.grad(images, cams, progress, torch.Generator().manual_seed(seed))
 

@@ -12,10 +12,12 @@ from PIL import Image
 
 from dreamsculpt.cameras import Cameras, focal_pixels
 from dreamsculpt.errors import DreamsculptError
-from dreamsculpt.guidance import shapes
-from dreamsculpt.guidance.references import load_reference_folder
-from dreamsculpt.guidance.shapes import (COLOURS, SHAPES, builtin_library, match_prompt, render_shape,
-                                         shape_occupancy, shape_sdf, write_reference_folder)
+from dreamsculpt.image_folders import load_image_folder
+from dreamsculpt.shapes import library as shapes
+from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy, shape_sdf
+from dreamsculpt.shapes.library import builtin_library, write_shape_folder
+from dreamsculpt.shapes.prompts import match_prompt
+from dreamsculpt.shapes.tracing import render_shape
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +100,7 @@ def test_orientation_cone_apex_up_and_torus_hole_from_above():
 
 
 def test_red_cube_centre_is_red_and_corners_white():
-    images = render_shape("cube", shapes.reference_views()[::5], 32).colourise("red")
+    images = render_shape("cube", shapes.library_cameras()[::5], 32).colourise("red")
     for image in images:
         r, g, b = image[:, 16, 16].tolist()
         assert r > 0.45 and g < 0.15 and b < 0.15
@@ -179,8 +181,8 @@ def test_match_prompt_errors_list_what_is_available(prompt, says):
 # --- Reference folders -------------------------------------------------------------------------
 
 def test_reference_folder_round_trip(tmp_path):
-    folder = write_reference_folder("cube", "red", tmp_path / "refs", resolution=32)
-    loaded = load_reference_folder(folder, 32)
+    folder = write_shape_folder("cube", "red", tmp_path / "refs", resolution=32)
+    loaded = load_image_folder(folder, 32)
     lib = builtin_library(32, labels=["red cube"])
     assert len(loaded) == 72 and loaded.labels == ["refs"] * 72
     assert (loaded.images - lib.images).abs().max() <= 2 / 255
@@ -190,8 +192,8 @@ def test_reference_folder_round_trip(tmp_path):
 
 def test_rgba_folder_composites_over_white(tmp_path):
     cams = views([0, 120, 240], [10, 30, -10])
-    plain = load_reference_folder(write_reference_folder("torus", "purple", tmp_path / "rgb", 32, cams), 32)
-    rgba = load_reference_folder(write_reference_folder("torus", "purple", tmp_path / "rgba", 32, cams,
+    plain = load_image_folder(write_shape_folder("torus", "purple", tmp_path / "rgb", 32, cams), 32)
+    rgba = load_image_folder(write_shape_folder("torus", "purple", tmp_path / "rgba", 32, cams,
                                                         alpha=True), 32)
     assert Image.open(tmp_path / "rgba" / "view_000.png").mode == "RGBA"
     assert (plain.images - rgba.images).abs().max() <= 2 / 255
@@ -202,7 +204,7 @@ def test_rgba_folder_composites_over_white(tmp_path):
     folder = tmp_path / "hand"
     folder.mkdir()
     Image.fromarray(pixels, "RGBA").save(folder / "a.png")
-    image = load_reference_folder(folder, 4).images[0]
+    image = load_image_folder(folder, 4).images[0]
     assert image[:, 0, 0].tolist() == pytest.approx([1.0, 127 / 255, 127 / 255], abs=1e-6)
     assert image[:, 3, 3].tolist() == [1.0, 1.0, 1.0]
 
@@ -214,7 +216,7 @@ def test_loader_reads_any_case_sorted_resizes_and_works_without_poses(tmp_path):
         else:
             Image.new("RGB", (8, 8), (value, value, value)).save(tmp_path / name, quality=100,
                                                                  format="PNG" if "png" in name.lower() else "JPEG")
-    loaded = load_reference_folder(tmp_path, 4)
+    loaded = load_image_folder(tmp_path, 4)
     assert loaded.images.shape == (3, 3, 4, 4) and not loaded.has_poses
     assert loaded.images[:, 0, 0, 0].tolist() == pytest.approx([1.0, 220 / 255, 1.0], abs=0.02)
 
@@ -222,7 +224,7 @@ def test_loader_reads_any_case_sorted_resizes_and_works_without_poses(tmp_path):
 def test_loader_warns_about_a_dark_background(tmp_path):
     Image.new("RGB", (8, 8), (20, 20, 20)).save(tmp_path / "dark.png")
     with pytest.warns(UserWarning, match="white background"):
-        load_reference_folder(tmp_path, 8)
+        load_image_folder(tmp_path, 8)
 
 
 def _folder_with_images(tmp_path, count=2, size=(8, 8)):
@@ -266,13 +268,13 @@ def test_loader_errors_say_what_to_do(tmp_path, case, says):
                  "poses_not_object": json.dumps([pose, pose])}
         (folder / "poses.json").write_text(table[case])
     with pytest.raises(DreamsculptError) as err:
-        load_reference_folder(folder, 8)
+        load_image_folder(folder, 8)
     assert says in str(err.value)
 
 
 def test_poses_default_distance_and_fov(tmp_path):
     _folder_with_images(tmp_path, 1)
     (tmp_path / "poses.json").write_text(json.dumps({"img0.png": {"azimuth_deg": 45, "elevation_deg": -5}}))
-    loaded = load_reference_folder(tmp_path, 8)
+    loaded = load_image_folder(tmp_path, 8)
     assert loaded.azimuth_deg.tolist() == [45.0] and loaded.elevation_deg.tolist() == [-5.0]
     assert loaded.distance.tolist() == [3.0] and loaded.fov_deg.tolist() == [40.0]

@@ -112,7 +112,7 @@ class MeshConfig:
 
 @dataclass
 class ImageConfig:
-    """The reference image of the image kinds and how it is used (see images.py)."""
+    """The reference image of the image kinds and how it is used (see picture.py)."""
 
     path: str = ""                  # PNG/JPG/WebP; with alpha, the alpha is the object's mask
     camera: dict | None = None      # a Blender camera (images.CameraSpec); None: the orbit below

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import mcubes
 import numpy as np
-from scipy import ndimage
 import torch
 import trimesh
+from scipy import ndimage
 
 from .cameras import Cameras, generate_rays, ray_box_intersect
 from .config import MeshConfig

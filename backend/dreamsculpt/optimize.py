@@ -45,7 +45,7 @@ class Callbacks:
 
 
 @dataclass
-class ReferenceTarget:
+class PictureTarget:
     """A view the field must reproduce (image_to_3d): rgb over white [1, 3, R, R] and mask
     [1, 1, R, R] at R = the render resolution, seen by `camera` (length 1)."""
 
@@ -86,7 +86,7 @@ class Trainer:
     """Owns the field, occupancy grid, background and optimiser of one run."""
 
     def __init__(self, config: RunConfig, guidance: Guidance, callbacks: Callbacks | None = None,
-                 checkpoint_path: Path | None = None, reference: ReferenceTarget | None = None):
+                 checkpoint_path: Path | None = None, reference: PictureTarget | None = None):
         self.config, self.guidance = config, guidance
         self.callbacks = callbacks or Callbacks()
         self.checkpoint_path = checkpoint_path
@@ -108,7 +108,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
         self.reference = None
         if reference is not None:
-            self.reference = ReferenceTarget(reference.camera.to(self.device), reference.rgb.to(self.device),
+            self.reference = PictureTarget(reference.camera.to(self.device), reference.rgb.to(self.device),
                                              reference.mask.to(self.device), reference.lambda_rgb, reference.lambda_mask)
         self.step_index = 0
         self.loss_ema = 0.0

@@ -18,17 +18,17 @@ from .cameras import Cameras
 from .config import IMAGE_PRIORS, KINDS, PRIORS, REFERENCE_WEIGHTS, RunConfig
 from .errors import DreamsculptError
 from .guidance.base import CombinedGuidance, Guidance
-from .guidance.image_sets import ImageSet
-from .images import (
-    ReferenceView,
+from .image_sets import ImageSet
+from .mesh import export_mesh, extract_mesh
+from .models import ModelCache
+from .optimize import Callbacks, PictureTarget, Progress, Trainer
+from .picture import (
+    PictureView,
     alpha_over_white,
-    reference_view,
+    picture_view,
     save_rgba,
     straight_rgba,
 )
-from .mesh import export_mesh, extract_mesh
-from .models import ModelCache
-from .optimize import Callbacks, Progress, ReferenceTarget, Trainer
 from .preview import save_contact_sheet, save_preview, save_turntable
 
 CHECKPOINT = "checkpoint.pt"
@@ -71,8 +71,10 @@ def build_guidance(config: RunConfig, models: ModelCache | None = None) -> tuple
     if not g.prompt.strip() and g.prior != "references":
         raise DreamsculptError('The prompt is empty: say what to make, e.g. dreamsculpt generate "a red cube" --prior builtin.')
     if g.prior == "builtin":
-        from .guidance.reference import ReferencePrior
-        from .guidance.shapes import COLOURS, SHAPES, builtin_library, match_prompt
+        from .guidance.closed_form import ClosedFormPrior
+        from .shapes.geometry import COLOURS, SHAPES
+        from .shapes.library import builtin_library
+        from .shapes.prompts import match_prompt
         # Match first: a prompt naming no shape fails before any rendering.
         labels = set(match_prompt(g.prompt, [f"{c} {s}" for s in SHAPES for c in COLOURS]))
         res = config.render.resolution
@@ -80,17 +82,17 @@ def build_guidance(config: RunConfig, models: ModelCache | None = None) -> tuple
         condition = torch.tensor([label in labels for label in library.labels])
         fit_cameras(config, library)
         albedo_only(config)
-        return ReferencePrior(library, condition, g), f"builtin: {', '.join(sorted(labels))}"
+        return ClosedFormPrior(library, condition, g), f"builtin: {', '.join(sorted(labels))}"
     if g.prior == "references":
-        from .guidance.reference import ReferencePrior
-        from .guidance.references import load_reference_folder
+        from .guidance.closed_form import ClosedFormPrior
+        from .image_folders import load_image_folder
         if not g.references:
             raise DreamsculptError("--prior references needs --references DIR: a folder of square PNG/JPG images.")
-        images = load_reference_folder(g.references, config.render.resolution)
+        images = load_image_folder(g.references, config.render.resolution)
         fit_cameras(config, images)
         albedo_only(config)
         posed = "with poses" if images.has_poses else "without poses"
-        return (ReferencePrior(images, torch.ones(len(images), dtype=torch.bool), g),
+        return (ClosedFormPrior(images, torch.ones(len(images), dtype=torch.bool), g),
                 f"references: {len(images)} images {posed} from {g.references}")
     if g.prior == "sd":
         from .devices import resolve_device, resolve_dtype
@@ -134,7 +136,7 @@ def _make_out_dir(out_dir: Path) -> None:
 
 def _optimise(config: RunConfig, out_dir: Path, guidance: Guidance, description: str,
               callbacks: Callbacks | None, resume: bool, started: float,
-              reference: ReferenceTarget | None = None, extra: dict | None = None) -> RunResult:
+              reference: PictureTarget | None = None, extra: dict | None = None) -> RunResult:
     """The shared tail of the mesh kinds: optimise, mesh, write the files."""
     _make_out_dir(out_dir)
     checkpoint = out_dir / CHECKPOINT
@@ -159,7 +161,7 @@ def _optimise(config: RunConfig, out_dir: Path, guidance: Guidance, description:
 
 # --- Image kinds ---------------------------------------------------------------------------------
 
-def fit_image_cameras(config: RunConfig, view: ReferenceView) -> None:
+def fit_image_cameras(config: RunConfig, view: PictureView) -> None:
     """Novel-view cameras orbit at the reference's distance and field of view (Zero123 and the
     conditioned set are relative to it), over elevations that include the reference's."""
     cam = config.camera
@@ -169,21 +171,21 @@ def fit_image_cameras(config: RunConfig, view: ReferenceView) -> None:
     cam.elevation_deg = (max(-30.0, min(cam.elevation_deg[0], el - 20.0)), min(80.0, max(cam.elevation_deg[1], el + 20.0)))
 
 
-def build_image_guidance(config: RunConfig, view: ReferenceView,
+def build_image_guidance(config: RunConfig, view: PictureView,
                          models: ModelCache | None = None) -> tuple[Guidance, str]:
     """The novel-view prior of an image kind: Zero123 (a model) or the built-in shapes fitted to
     the reference; plus text SDS (Magic123) when image.text_weight > 0."""
     g = config.guidance
     models = models if models is not None else ModelCache()
     if g.prior == "builtin":
-        from .guidance.conditioned import best_fit, conditioned_set
-        from .guidance.reference import ReferencePrior
+        from .guidance.closed_form import ClosedFormPrior
+        from .shapes.fitting import best_fit, conditioned_set
 
         fit = best_fit(view)
         images = conditioned_set(view, fit, config.render.resolution)
         fit_cameras(config, images)
         albedo_only(config)
-        guidance: Guidance = ReferencePrior(images, torch.ones(len(images), dtype=torch.bool), g)
+        guidance: Guidance = ClosedFormPrior(images, torch.ones(len(images), dtype=torch.bool), g)
         description = f"builtin: {fit.describe()}"
     elif g.prior == "zero123":
         from .guidance.zero123 import Zero123Guidance
@@ -216,7 +218,7 @@ def _zero123(config: RunConfig, models: ModelCache):
     return models.get(key, lambda: load_zero123_components(g.zero123_model, device, dtype, g.zero123_variant))
 
 
-def _placement_record(view: ReferenceView) -> dict:
+def _placement_record(view: PictureView) -> dict:
     cam = view.camera
     return {"placement": view.placement.tolist(),
             "reference": {"file": "reference.png", "source": Path(view.source).name,
@@ -236,13 +238,13 @@ def image_to_3d(config: RunConfig, out_dir: Path, callbacks: Callbacks | None = 
     report = (callbacks or Callbacks()).on_progress
     if report:
         report(Progress(0, config.train.steps, 0.0, 0.0, 0.0, "loading"))
-    view = reference_view(config.image)
+    view = picture_view(config.image)
     fit_image_cameras(config, view)
     guidance, description = build_image_guidance(config, view, models)
     rgb, mask = view.resized(config.render.resolution)
     default_rgb, default_mask = REFERENCE_WEIGHTS.get(config.guidance.prior, (1.0, 1.0))
     i = config.image
-    reference = ReferenceTarget(view.camera, rgb[None], mask[None],
+    reference = PictureTarget(view.camera, rgb[None], mask[None],
                                 default_rgb if i.lambda_rgb is None else i.lambda_rgb,
                                 default_mask if i.lambda_mask is None else i.lambda_mask)
     _make_out_dir(out_dir)
@@ -274,7 +276,7 @@ def novel_views(config: RunConfig, out_dir: Path, callbacks: Callbacks | None = 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     callbacks = callbacks or Callbacks()
-    view = reference_view(config.image)
+    view = picture_view(config.image)
     ref = view.camera
     offsets = view_offsets(config)
     az = torch.tensor([float(ref.azimuth_deg[0]) + a for a, _ in offsets])
@@ -291,12 +293,12 @@ def novel_views(config: RunConfig, out_dir: Path, callbacks: Callbacks | None = 
 
     g = config.guidance
     if g.prior == "builtin":
-        from .guidance.conditioned import best_fit, conditioned_set
-        from .guidance.reference import ReferencePrior
+        from .guidance.closed_form import ClosedFormPrior
+        from .shapes.fitting import best_fit, conditioned_set
 
         fit = best_fit(view)
         size = min(config.image.size, 128)
-        prior = ReferencePrior(conditioned_set(view, fit, size, targets[1:]),
+        prior = ClosedFormPrior(conditioned_set(view, fit, size, targets[1:]),
                                torch.ones(len(offsets), dtype=torch.bool), g)
         images = prior.sample(targets[1:], steps, generator, lambda d, _t: on_step(d * (len(offsets) - 1), total),
                               callbacks.should_cancel)

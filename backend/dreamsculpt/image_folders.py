@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from ..errors import DreamsculptError
+from .errors import DreamsculptError
 from .image_sets import ImageSet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -58,7 +58,7 @@ DEFAULT_FOV_DEG = 40.0
 _WHITE_BORDER = 0.8
 
 
-def load_reference_folder(folder: str | Path, resolution: int) -> ImageSet:
+def load_image_folder(folder: str | Path, resolution: int) -> ImageSet:
     """Read a folder of reference images (and its optional poses.json).
 
     Returns an ImageSet with images [N, 3, resolution, resolution] in [0, 1] over white, all
@@ -210,7 +210,7 @@ def _pose_entry(path: Path, name: str, entry) -> tuple[float, float, float, floa
     return azimuth, elevation, distance, fov
 
 
-def save_reference_images(folder: str | Path, images: torch.Tensor, names: list[str],
+def save_image_folder(folder: str | Path, images: torch.Tensor, names: list[str],
                           poses: dict[str, torch.Tensor] | None = None) -> Path:
     """Write images [N, 3 or 4, H, W] in [0, 1] as 8-bit PNGs (RGBA when 4 channels, alpha not
     premultiplied) and, when given, poses {key in POSE_KEYS: [N]} as poses.json. Files of the

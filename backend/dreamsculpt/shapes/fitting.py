@@ -7,7 +7,7 @@ object sits, so each shape is first *fitted* to the reference: scale and offset 
 view until its silhouette's extent matches the mask, and its albedo by least squares. The
 best-fitting shape (silhouette IoU) is the posterior's mode; its renders from the library's
 72 standard views, plus the reference itself at its own pose, are the image set whose exact
-denoiser (`ReferencePrior`) guides the novel views. An image that no shape explains is an
+denoiser (`ClosedFormPrior`) guides the novel views. An image that no shape explains is an
 error, not a silent guess.
 """
 
@@ -19,14 +19,11 @@ import torch
 
 from ..cameras import Cameras, focal_pixels
 from ..errors import DreamsculptError
-from ..images import ReferenceView
-from .image_sets import ImageSet
-from .shapes import (
-    REFERENCE_AZIMUTHS_DEG,
-    REFERENCE_ELEVATIONS_DEG,
-    SHAPES,
-    render_shape,
-)
+from ..image_sets import ImageSet
+from ..picture import PictureView
+from .geometry import SHAPES
+from .library import LIBRARY_AZIMUTHS_DEG, LIBRARY_ELEVATIONS_DEG
+from .tracing import render_shape
 
 FIT_SIZE = 64          # pixels of the silhouette fit
 MIN_IOU = 0.5          # below this no built-in shape explains the reference
@@ -53,7 +50,7 @@ def _extent(mask: torch.Tensor) -> tuple[torch.Tensor, float]:
     return 0.5 * (lo + hi), float((hi - lo).max()) / 2
 
 
-def fit_shape(shape: str, view: ReferenceView, rounds: int = 4) -> ShapeFit:
+def fit_shape(shape: str, view: PictureView, rounds: int = 4) -> ShapeFit:
     """Scale and move `shape` so its silhouette from the reference camera matches the mask."""
     rgb, mask = view.resized(FIT_SIZE)
     target = mask[0]
@@ -82,7 +79,7 @@ def fit_shape(shape: str, view: ReferenceView, rounds: int = 4) -> ShapeFit:
     return ShapeFit(shape, scale, tuple(offset.tolist()), iou, tuple(albedo.clamp(0, 1).tolist()))
 
 
-def best_fit(view: ReferenceView) -> ShapeFit:
+def best_fit(view: PictureView) -> ShapeFit:
     fits = sorted((fit_shape(s, view) for s in SHAPES), key=lambda f: -f.iou)
     best = fits[0]
     if best.iou < MIN_IOU:
@@ -101,13 +98,13 @@ def render_fit(fit: ShapeFit, cameras: Cameras, resolution: int) -> torch.Tensor
     return (albedo * render.shaded[:, None] + (1.0 - render.coverage[:, None])).clamp(0, 1)
 
 
-def conditioned_set(view: ReferenceView, fit: ShapeFit, resolution: int,
+def conditioned_set(view: PictureView, fit: ShapeFit, resolution: int,
                     cameras: Cameras | None = None) -> ImageSet:
     """The fitted shape from `cameras` (default: the 72 standard views at the reference's
     distance and field of view) plus the reference itself at its pose."""
     if cameras is None:
-        az, el = torch.meshgrid(torch.tensor(REFERENCE_AZIMUTHS_DEG, dtype=torch.float32),
-                                torch.tensor(REFERENCE_ELEVATIONS_DEG, dtype=torch.float32), indexing="xy")
+        az, el = torch.meshgrid(torch.tensor(LIBRARY_AZIMUTHS_DEG, dtype=torch.float32),
+                                torch.tensor(LIBRARY_ELEVATIONS_DEG, dtype=torch.float32), indexing="xy")
         cameras = Cameras.from_orbit(az.reshape(-1), el.reshape(-1), view.camera.distance, view.camera.fov_deg)
     images = torch.cat([render_fit(fit, cameras, resolution), view.resized(resolution)[0][None]])
     cat = lambda a, b: torch.cat([a, b])  # noqa: E731

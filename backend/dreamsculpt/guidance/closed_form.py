@@ -24,13 +24,13 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras, angle_between_views
 from ..config import GuidanceConfig
+from ..image_sets import ImageSet
 from .base import GuidanceOutput, TimestepSchedule, scaled_linear_alphas_cumprod
-from .image_sets import ImageSet
 
 DEFAULT_SCALE = 1.5
 
 
-class ReferencePrior:
+class ClosedFormPrior:
     """SDS guidance from the closed-form denoiser of `library` restricted to `condition`.
 
     library: every image of every set (the "unconditional" union), [N, 3, S, S].

@@ -1,7 +1,7 @@
 """Finite image sets: what the reference prior is the exact denoiser of.
 
-Two sources fill an `ImageSet`: the built-in library of analytic shapes (`shapes.py`) and a
-user's folder of images with an optional `poses.json` (`load_reference_folder`).
+Two sources fill an `ImageSet`: the built-in library of analytic shapes (`shapes/library.py`) and a
+user's folder of images with an optional `poses.json` (`load_image_folder`).
 """
 
 from __future__ import annotations

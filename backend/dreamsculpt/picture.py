@@ -59,7 +59,7 @@ class RealCamera:
 
 
 @dataclass
-class ReferenceView:
+class PictureView:
     """The reference in the canonical frame.
 
     rgba: [4, S, S] straight colour and mask, resampled into the virtual camera.
@@ -104,7 +104,7 @@ class ReferenceView:
 
 def read_image(path: str | Path) -> tuple[torch.Tensor, bool]:
     """-> ([4, H, W] float straight RGBA in [0, 1], whether the file has transparency)."""
-    from .guidance.references import IMAGE_ERRORS, open_rgba
+    from .image_folders import IMAGE_ERRORS, open_rgba
 
     path = Path(path)
     if not path.is_file():
@@ -232,7 +232,7 @@ def _look_rotation(axis: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     return rotation, azimuth, elevation
 
 
-def reference_view(config: ImageConfig, path: str | Path | None = None) -> ReferenceView:
+def picture_view(config: ImageConfig, path: str | Path | None = None) -> PictureView:
     """Read `config.path` (or `path`) and bring it into the canonical frame (see the module doc)."""
     path = Path(path or config.path)
     rgba, has_alpha = read_image(path)
@@ -282,7 +282,7 @@ def reference_view(config: ImageConfig, path: str | Path | None = None) -> Refer
     placement[:3, 3] = centre
     world = torch.eye(4)
     world[:3, :3], world[:3, 3] = rotation, real.c2w[:3, 3]
-    return ReferenceView(resampled, camera, placement, world, str(path))
+    return PictureView(resampled, camera, placement, world, str(path))
 
 
 def _resample(rgba: torch.Tensor, real: RealCamera, rotation: torch.Tensor, fov_deg: float,
