@@ -22,12 +22,18 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from dreamsculpt.config import FieldConfig
 from dreamsculpt.fields import TriplaneField
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import QUIET_CORES, OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
+from tables import (  # noqa: E402
+    QUIET_CORES,
+    OtherCpuUse,
+    code_version,
+    machine,
+    markdown_table,
+    wait_until_quiet,
+)
 
 
 def small_mlp(in_dim: int, hidden: int = 32) -> nn.Sequential:

@@ -2,9 +2,9 @@
 
 Each shape is sphere-traced from one oblique camera (azimuth -60, elevation 25, 3.5 units from
 the object, which sits off the origin at (1, 2, 0.5)) into an RGBA PNG with that camera's
-CameraSpec, exactly what the Blender add-on sends. `pipeline.image_to_3d` reconstructs it; the
+CameraSpec, exactly what the Blender add-on sends. the image_to_3d task reconstructs it; the
 mesh, mapped into the world by run.json's placement, is scored by voxel IoU at 64^3 against
-the true solid. Novel views: `pipeline.novel_views`, a ring of 8 (7 sampled) at 50 DDIM steps.
+the true solid. Novel views: the novel_views task, a ring of 8 (7 sampled) at 50 DDIM steps.
 Ablations (cube, CI size): reference-view losses alone, and the prior alone. The cube is also
 run with the tests' tiny random Zero123, for the Zero123 path's own cost at both settings.
 
@@ -27,21 +27,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
-from PIL import Image
-
 from dreamsculpt.cameras import Cameras, orbit_c2w
-from dreamsculpt.config import build_image_config
+from dreamsculpt.metrics import voxel_iou
+from dreamsculpt.server.uploads import decode_image
 from dreamsculpt.shapes.geometry import SHAPES, shape_occupancy
 from dreamsculpt.shapes.tracing import render_shape
-from dreamsculpt.metrics import voxel_iou
-from dreamsculpt.pipeline import image_to_3d, novel_views
+from dreamsculpt.tasks import TASKS
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import OtherCpuUse, code_version, machine, markdown_table  # noqa: E402
 
 TARGET = (1.0, 2.0, 0.5)
-SETTINGS = {  # name -> build_image_config options
-    "ci": {"preset": "preview", "steps": 300, "resolution": 32, "mesh_resolution": 96},
+SETTINGS = {  # name -> request fields
+    "ci": {"preset": "preview", "steps": 300, "resolution": 32, "mesh": {"resolution": 96}},
     "standard": {"preset": "standard"},
 }
 
@@ -61,12 +60,13 @@ def picture(shape: str, folder: Path) -> tuple[Path, dict]:
 def reconstruct(shape: str, setting: str, folder: Path, zero123: str | None = None, **image) -> dict:
     path, spec = picture(shape, folder)
     prior = {"prior": "zero123", "model": zero123} if zero123 else {"prior": "builtin"}
-    config = build_image_config("image_to_3d", str(path), camera=spec, depth=3.5, **prior, **SETTINGS[setting])
-    for key, value in image.items():
+    request = image_request("image_to_3d", path, camera=spec, depth=3.5, **prior, **SETTINGS[setting])
+    config = request.to_config("auto", path)
+    for key, value in image.items():   # engine settings no request exposes
         setattr(config.image if hasattr(config.image, key) else config.train, key, value)
     out = folder / f"{shape}-{setting}-{'-'.join(image) or 'full'}{'-zero123' if zero123 else ''}"
     with OtherCpuUse() as others:
-        result = image_to_3d(config, out)
+        result = TASKS["image_to_3d"].run(request, out, image=path, config=config)
     placement = torch.tensor(json.loads((out / "run.json").read_text())["placement"])
     mesh = trimesh.load(out / "mesh.ply", process=False)
     shift = torch.tensor(TARGET)
@@ -76,19 +76,24 @@ def reconstruct(shape: str, setting: str, folder: Path, zero123: str | None = No
         variant = "tiny random Zero123 (timing only)"
     return {"shape": shape, "setting": setting, "variant": variant,
             "steps": config.train.steps, "render_px": config.render.resolution, "seconds": round(result.seconds, 1),
-            "iou": round(iou, 3), "faces": result.faces,
+            "iou": round(iou, 3), "faces": result.record.outputs.faces,
             "others": None if others.cores is None else round(others.cores, 2)}
 
 
 def views(shape: str, folder: Path, count: int, steps: int) -> dict:
     path, spec = picture(shape, folder)
-    config = build_image_config("novel_views", str(path), prior="builtin", camera=spec, depth=3.5,
-                                view_count=count, sample_steps=steps)
+    request = image_request("novel_views", path, prior="builtin", camera=spec, depth=3.5, count=count, steps=steps)
     started = time.perf_counter()
-    result = novel_views(config, folder / f"{shape}-views")
-    seconds = time.perf_counter() - started
-    return {"shape": shape, "views": result.count - 1, "steps": steps, "seconds": round(seconds, 2),
-            "per_view": round(seconds / (result.count - 1), 3)}
+    result = TASKS["novel_views"].run(request, folder / f"{shape}-views", image=path)
+    seconds, made = time.perf_counter() - started, result.record.outputs.views - 1
+    return {"shape": shape, "views": made, "steps": steps, "seconds": round(seconds, 2),
+            "per_view": round(seconds / made, 3)}
+
+
+def image_request(kind: str, path: Path, **fields):
+    """The request the add-on would send for the picture at `path` (named by its upload id)."""
+    return TASKS[kind].request.model_validate({"kind": kind, "image": decode_image(path.read_bytes()).sha256,
+                                               **fields})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Every built-in shape through the real pipeline: time, IoU against the analytic solid, colour.
 
 For each shape the config is built exactly as `dreamsculpt generate "a red <shape>" --prior
-builtin --preset <preset>` builds it (the CLI's own parser and config_from_args), then
-`pipeline.generate` optimises, meshes and writes mesh.ply / mesh.glb / previews / run.json.
+builtin --preset <preset>` builds it (the CLI's own parser and request_from_args), then
+the text_to_3d task optimises, meshes and writes mesh.ply / mesh.glb / previews / run.json.
 The written mesh.ply is scored by voxel IoU at 64^3 against `shape_occupancy`.
 
     .venv/bin/python bench/bench_shapes.py                          # standard preset, all shapes (~15 min)
@@ -22,17 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-
-from dreamsculpt.cli import build_parser, config_from_args
+from dreamsculpt.cli import build_parser, request_from_args
 from dreamsculpt.config import PRESETS
 from dreamsculpt.errors import DreamsculptError
-from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy
 from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.optimize import Callbacks
-from dreamsculpt.pipeline import generate
+from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy
+from dreamsculpt.tasks import task_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import QUIET_CORES, OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
+from tables import (  # noqa: E402
+    QUIET_CORES,
+    OtherCpuUse,
+    code_version,
+    machine,
+    markdown_table,
+    wait_until_quiet,
+)
 
 TARGET_IOU, TARGET_SECONDS = 0.85, 180.0
 TARGET = f"mean IoU ≥ {TARGET_IOU}; ≤ {TARGET_SECONDS / 60:.0f} minutes per shape on 2 cores"
@@ -46,7 +52,9 @@ def run_shape(shape: str, args: argparse.Namespace, out_root: Path) -> dict:
             "--seed", str(args.seed), "--out", str(out_dir), "--quiet"]
     if args.steps is not None:
         argv += ["--steps", str(args.steps)]
-    config = config_from_args(build_parser().parse_args(argv))
+    parser = build_parser()
+    request = request_from_args(parser.parse_args(argv), parser)
+    config = request.to_config()
     optimised_at = {}
 
     def on_progress(p):
@@ -58,7 +66,7 @@ def run_shape(shape: str, args: argparse.Namespace, out_root: Path) -> dict:
     started = time.perf_counter()
     try:
         with OtherCpuUse() as others:
-            result = generate(config, out_dir, Callbacks(on_progress=on_progress))
+            result = task_of(request).run(request, out_dir, Callbacks(on_progress=on_progress))
     except DreamsculptError as exc:  # a failed shape is a row of the table, not the end of the bench
         print(f"  {shape}: failed: {exc}", file=sys.stderr)
         return {"shape": shape, "steps": config.train.steps, "seconds": round(time.perf_counter() - started, 1),
@@ -72,8 +80,8 @@ def run_shape(shape: str, args: argparse.Namespace, out_root: Path) -> dict:
         "shape": shape, "steps": steps, "render_px": config.render.resolution,
         "seconds": round(result.seconds, 1), "optimise_seconds": round(optimised_at.get("s", float("nan")), 1),
         "ms_per_step": round(1e3 * optimised_at.get("s", float("nan")) / steps, 1),
-        "ms_per_step_phases": run["ms_per_step"], "iou": round(iou, 3), "faces": result.faces,
-        "vertices": result.vertices, "threshold": result.threshold,
+        "ms_per_step_phases": run["ms_per_step"], "iou": round(iou, 3), "faces": run["faces"],
+        "vertices": run["vertices"], "threshold": run["threshold"],
         "mean_colour": [round(float(c), 3) for c in colour],
         "others_cores": None if others.cores is None else round(others.cores, 2), "out_dir": str(out_dir),
     }
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     iou_ok, time_ok = mean_iou >= TARGET_IOU, max_seconds <= TARGET_SECONDS
     print(f"\nmean IoU {mean_iou:.3f} (target ≥ {TARGET_IOU}: {'met' if iou_ok else 'NOT met'}); "
           f"max seconds {max_seconds:.1f} (target ≤ {TARGET_SECONDS:.0f}: {'met' if time_ok else 'NOT met'})")
-    print("\n- seconds to mesh: pipeline.generate from building the prior to run.json (optimise, mesh, "
+    print("\n- seconds to mesh: the task's run from building the prior to run.json (optimise, mesh, "
           "export, preview, turntable); ms/step: optimisation wall time / steps, occupancy updates included.")
     print("- render / guidance / backward: Trainer.timings per step (run.json ms_per_step).")
     print(f"- voxel IoU: metrics.voxel_iou of mesh.ply vs shapes.shape_occupancy at 64³. Mean vertex colour "

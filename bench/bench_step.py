@@ -2,8 +2,8 @@
 
 Runs the real loop (`Trainer.train_step`, whose `timings` dict times the three phases) on
 "a red cube" with the built-in reference prior: rows for albedo-only, lambertian-only and
-textureless-only steps (forced after `build_guidance`, since the pipeline renders albedo only
-for reference priors), the prior's own schedule as the pipeline sets it, the default
+textureless-only steps (forced over the prior's training views, since reference priors ask for
+albedo only), the prior's own schedule as it asks for it, the default
 (Stable Diffusion) shading mix over a full run as a weighted row, and the prior's schedule on
 1 thread. Occupancy-grid updates happen in `train_step` outside the three timed phases: they
 show up amortised in "occupancy + rest" (wall time of the step minus the three phases).
@@ -21,18 +21,24 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-
-from dreamsculpt.config import RunConfig, TrainConfig
-from dreamsculpt.optimize import Trainer
-from dreamsculpt.pipeline import build_guidance
+from dreamsculpt.config import RunConfig
+from dreamsculpt.optimize import Trainer, TrainingViews
+from dreamsculpt.priors import text_prior
 from dreamsculpt.rendering import SHADING_MODES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables import QUIET_CORES, OtherCpuUse, code_version, machine, markdown_table, wait_until_quiet  # noqa: E402
+from tables import (  # noqa: E402
+    QUIET_CORES,
+    OtherCpuUse,
+    code_version,
+    machine,
+    markdown_table,
+    wait_until_quiet,
+)
 
 TARGET_MS = 60.0
 TARGET = f"render + backward + optimiser ≤ {TARGET_MS:.0f} ms per step on 2 cores"
@@ -64,29 +70,26 @@ def make_config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
-def force_shading(config: RunConfig, mode: str) -> None:
-    """Every step in `mode`. Applied after build_guidance, which may have set its own schedule
-    (reference priors render albedo only); shaded modes get the default orientation penalty
-    back, as a Stable Diffusion run has it."""
-    s = config.shading
-    s.warmup_fraction = 1.0 if mode == "albedo" else 0.0
-    s.p_albedo, s.p_lambertian, s.p_textureless = (float(mode == m) for m in SHADING_MODES)
-    if mode != "albedo":
-        config.train.lambda_orient = TrainConfig().lambda_orient
+def force_shading(views: TrainingViews, mode: str) -> TrainingViews:
+    """Every step in `mode`, instead of the shading the prior asked for (reference priors
+    render albedo only), with the prior's cameras."""
+    p_albedo, p_lambertian, p_textureless = (float(mode == m) for m in SHADING_MODES)
+    shading = replace(views.shading, warmup_fraction=1.0 if mode == "albedo" else 0.0, p_albedo=p_albedo,
+                      p_lambertian=p_lambertian, p_textureless=p_textureless)
+    return TrainingViews(views.camera, shading)
 
 
 def measure(config: RunConfig, shading: str, warmup: int, steps: int, threads: int,
             wait_quiet_s: float = 0.0) -> tuple[list[StepTiming], float | None]:
     """Run warmup + steps real training steps, every one in `shading` mode or, for "mix", in
-    the schedule the pipeline sets for the prior. Returns the timings of the last `steps` and
+    the schedule the prior asks for. Returns the timings of the last `steps` and
     the cores other processes kept busy meanwhile."""
     if wait_quiet_s:
         wait_until_quiet(wait_quiet_s)
     torch.set_num_threads(threads)
-    guidance, _ = build_guidance(config)
-    if shading != "mix":
-        force_shading(config, shading)
-    trainer = Trainer(config, guidance)
+    prior = text_prior(config.guidance, config.render.resolution, TrainingViews.of(config))
+    views = prior.views if shading == "mix" else force_shading(prior.views, shading)
+    trainer = Trainer(config, prior.guidance, views=views)
     # Record which shading mode each step drew (the loop does not expose it otherwise).
     modes: list[str] = []
     draw = trainer.shading_mode
@@ -165,9 +168,9 @@ def run_rows(args: argparse.Namespace) -> tuple[list[list], list[str]]:
         rows.append(summary_row("SD-prior mix over a full run (" + " / ".join(
             f"{100 * w:.1f}% {m}" for m, w in shares.items()) + ")", combined, args.threads, busiest, shares))
         d = RunConfig().shading
-        notes.append("The pipeline renders albedo only for the builtin and references priors (their images have "
-                     "the lighting baked in); the shaded rows force lambertian / textureless steps after "
-                     "build_guidance to time the path Stable Diffusion runs take. Render and backward cost hardly "
+        notes.append("The builtin and references priors ask for albedo-only renders (their images have "
+                     "the lighting baked in); the shaded rows force lambertian / textureless steps over "
+                     "their training views to time the path Stable Diffusion runs take. Render and backward cost hardly "
                      "depends on the prior.")
         notes.append(f"The SD-prior mix row weights the per-mode rows by the default ShadingConfig: albedo only for "
                      f"the first {100 * d.warmup_fraction:.0f}% of steps, then {d.p_albedo:g} albedo / "

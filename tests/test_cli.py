@@ -63,9 +63,10 @@ def user_errors(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                                       *preview], ["not a folder", "--references"]),
         "nothing to resume": (["a red cube", "--prior", "builtin", "--resume", *preview],
                               ["Nothing to resume", "checkpoint.pt", "without --resume"]),
-        "zero steps": (["a red cube", "--prior", "builtin", "--steps", "0", *preview], ["--steps", "at least 1"]),
+        "zero steps": (["a red cube", "--prior", "builtin", "--steps", "0", *preview],
+                       ["--steps must be from 1 to 100000 (got 0)"]),
         "tiny resolution": (["a red cube", "--prior", "builtin", "--resolution", "4", *preview],
-                            ["--resolution", "at least 16"]),
+                            ["--resolution must be from 16 to 512 (got 4)"]),
     }
 
 
@@ -150,7 +151,7 @@ def test_python_dash_m_works_too(tmp_path):
     args, _ = user_errors(tmp_path)["zero steps"]
     result = run_cli([sys.executable, "-m", "dreamsculpt.cli"], *args)
     assert result.returncode == 1
-    assert "--steps must be at least 1" in error_line(result.stderr)
+    assert "--steps must be from 1 to 100000" in error_line(result.stderr)
 
 
 def test_bad_option_value_is_an_argparse_error(tmp_path):

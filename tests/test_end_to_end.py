@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 #: so the learned albedo is darker on the unlit side (about R = 0.56 averaged over a sphere).
 STEPS = 60
 MIN_IOU = 0.6
-RUN_JSON_KEYS = ("prompt", "prior", "model", "seed", "steps", "seconds", "device", "vertices", "faces")
+RUN_JSON_KEYS = ("kind", "request", "prior", "model", "seed", "steps", "seconds", "device", "vertices", "faces",
+                 "training_views", "ms_per_step", "config")
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +57,7 @@ def generate(out: Path, prompt: str, *options: str) -> dict:
     run = json.loads((out / "run.json").read_text())
     for key in RUN_JSON_KEYS:
         assert key in run, f"run.json has no {key!r}"
-    assert run["prompt"] == prompt and run["steps"] == STEPS and run["seed"] == 0
+    assert run["request"]["prompt"] == prompt and run["steps"] == STEPS and run["seed"] == 0
     assert run["device"] == "cpu" and run["seconds"] > 0
     return run
 

@@ -14,16 +14,18 @@ import pytest
 import torch
 import trimesh
 from PIL import Image
+from pydantic import ValidationError
 
 from dreamsculpt.cameras import Cameras, orbit_c2w
-from dreamsculpt.config import ImageConfig, build_image_config
+from dreamsculpt.config import ImageConfig
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.shapes.fitting import best_fit
 from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy
 from dreamsculpt.shapes.tracing import render_shape
 from dreamsculpt.picture import picture_view
 from dreamsculpt.metrics import voxel_iou
-from dreamsculpt.pipeline import image_to_3d, novel_views, run
+from dreamsculpt.server.uploads import decode_image
+from dreamsculpt.tasks import TASKS
 
 
 def _rolled_camera(azimuth: float, elevation: float, distance: float, roll_deg: float,
@@ -35,6 +37,17 @@ def _rolled_camera(azimuth: float, elevation: float, distance: float, roll_deg: 
     c2w[:3, :3] = c2w[:3, :3] @ roll
     c2w[:3, 3] += torch.tensor(target)
     return c2w
+
+
+def _request(kind: str, path, **fields):
+    """The request a user would send for the picture at `path` (named by its upload id)."""
+    image = decode_image(path.read_bytes()).sha256
+    return TASKS[kind].request.model_validate({"kind": kind, "image": image, **fields})
+
+
+def _run(request, out, path, callbacks=None, **options):
+    """Run `request`'s task on the picture file `path`, as the CLI and the server's worker do."""
+    return TASKS[request.kind].run(request, out, callbacks, image=path, **options)
 
 
 def _picture(tmp_path, shape: str, c2w: torch.Tensor, fov_deg: float = 40.0, size: int = 256,
@@ -152,9 +165,9 @@ def test_image_to_3d_reconstructs_the_shape_where_the_camera_saw_it(tmp_path):
     CI-sized -> voxel IoU >= 0.6 against the true torus in the world, through the placement."""
     c2w = _rolled_camera(-60.0, 25.0, 3.5, 0.0, target=(1.0, 2.0, 0.5))
     path, spec = _picture(tmp_path, "torus", c2w, offset=(1.0, 2.0, 0.5))
-    config = build_image_config("image_to_3d", str(path), prior="builtin", camera=spec, depth=3.5,
-                                preset="preview", steps=300, resolution=32, mesh_resolution=96)
-    result = run(config, tmp_path / "out")
+    request = _request("image_to_3d", path, prior="builtin", camera=spec, depth=3.5, preset="preview", steps=300,
+                       resolution=32, mesh={"resolution": 96})
+    result = _run(request, tmp_path / "out", path)
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     placement = torch.tensor(record["placement"])
     mesh = trimesh.load(tmp_path / "out" / "mesh.ply")
@@ -169,13 +182,13 @@ def test_image_to_3d_reconstructs_the_shape_where_the_camera_saw_it(tmp_path):
 def test_novel_views_show_the_object_from_the_asked_poses(tmp_path):
     c2w = _rolled_camera(-90.0, 20.0, 3.0, 0.0)
     path, spec = _picture(tmp_path, "cone", c2w, colour="blue")
-    config = build_image_config("novel_views", str(path), prior="builtin", camera=spec, depth=3.0,
-                                views=[(90.0, 0.0), (180.0, 20.0)], sample_steps=8)
+    request = _request("novel_views", path, prior="builtin", camera=spec, depth=3.0, steps=8,
+                       views=[{"azimuth_deg": 90.0}, {"azimuth_deg": 180.0, "elevation_deg": 20.0}])
     progress = []
-    from dreamsculpt.optimize import Callbacks
+    from dreamsculpt.callbacks import Callbacks
 
-    result = novel_views(config, tmp_path / "out", Callbacks(on_progress=progress.append))
-    assert result.count == 3
+    result = _run(request, tmp_path / "out", path, Callbacks(on_progress=progress.append))
+    assert result.record.outputs.views == 3
     record = json.loads((tmp_path / "out" / "views.json").read_text())
     assert [v["file"] for v in record["views"]] == ["view_00.png", "view_01.png", "view_02.png"]
     assert progress[-1].step == progress[-1].total == 16 and progress[-1].stage == "sampling"
@@ -196,32 +209,34 @@ def tiny_zero123(tmp_path_factory) -> str:
     return build_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123") / "model")
 
 
-def test_zero123_novel_views_through_the_pipeline(tmp_path, tiny_zero123):
+def test_zero123_novel_views_through_the_task(tmp_path, tiny_zero123):
     """A random tiny Zero123 from a folder, as a user's --model PATH: K views of its native
     size and the reference first, autoregressive included."""
     path, spec = _picture(tmp_path, "cube", _rolled_camera(-60.0, 20.0, 3.0, 0.0))
     for autoregressive in (False, True):
-        config = build_image_config("novel_views", str(path), prior="zero123", model=tiny_zero123, camera=spec,
-                                    view_count=4, sample_steps=3, autoregressive=autoregressive)
+        request = _request("novel_views", path, prior="zero123", model=tiny_zero123, camera=spec, count=4, steps=3,
+                           autoregressive=autoregressive)
         out = tmp_path / f"views-{autoregressive}"
-        result = run(config, out)
-        assert result.count == 4
+        result = _run(request, out, path)
+        assert result.record.outputs.views == 4
         for k in range(4):
             image = np.asarray(Image.open(out / f"view_{k:02d}.png"))
             assert image.shape[:2] == (64, 64)
         record = json.loads((out / "run.json").read_text())
-        assert record["prior_detail"].startswith("zero123: ") and record["views"][0]["d_azimuth_deg"] == 0
+        assert record["prior_detail"].startswith("zero123: ") and record["model"] == tiny_zero123
+        assert json.loads((out / "views.json").read_text())["views"][0]["d_azimuth_deg"] == 0
 
 
 def test_zero123_image_to_3d_runs_the_whole_loop(tmp_path, tiny_zero123):
     """Random weights teach nothing, but the reference-view losses alone still give a mesh of
     the seen silhouette: the loop, meshing and placement work with the Zero123 prior."""
     path, spec = _picture(tmp_path, "sphere", _rolled_camera(-60.0, 20.0, 3.0, 0.0))
-    config = build_image_config("image_to_3d", str(path), prior="zero123", model=tiny_zero123, camera=spec,
-                                depth=3.0, preset="preview", steps=40, resolution=32, mesh_resolution=64)
-    config.train.guidance_weight = 0.1
-    result = run(config, tmp_path / "out")
-    assert result.faces > 100
+    request = _request("image_to_3d", path, prior="zero123", model=tiny_zero123, camera=spec, depth=3.0,
+                       preset="preview", steps=40, resolution=32, mesh={"resolution": 64})
+    config = request.to_config("auto", path)
+    config.train.guidance_weight = 0.1     # no request option: the task takes a tuned config
+    result = _run(request, tmp_path / "out", path, config=config)
+    assert result.record.outputs.faces > 100
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["kind"] == "image_to_3d" and len(record["placement"]) == 4
 
@@ -229,19 +244,20 @@ def test_zero123_image_to_3d_runs_the_whole_loop(tmp_path, tiny_zero123):
 def test_image_to_3d_resumes_from_its_checkpoint(tmp_path):
     """A cancelled image run keeps its checkpoint; --resume picks it up at the same step and the
     result is placed as before (the reference view is rebuilt from the same picture)."""
+    from dreamsculpt.callbacks import Callbacks
     from dreamsculpt.errors import CancelledError
-    from dreamsculpt.optimize import Callbacks
 
     path, spec = _picture(tmp_path, "sphere", _rolled_camera(-60.0, 20.0, 3.0, 0.0))
-    config = build_image_config("image_to_3d", str(path), prior="builtin", camera=spec, depth=3.0,
-                                preset="preview", steps=40, resolution=32, mesh_resolution=64)
+    request = _request("image_to_3d", path, prior="builtin", camera=spec, depth=3.0, preset="preview", steps=40,
+                       resolution=32, mesh={"resolution": 64})
     seen = []
     stop = Callbacks(on_progress=lambda p: seen.append(p.step) if p.stage == "optimising" else None,
                      should_cancel=lambda: len(seen) >= 25)
     with pytest.raises(CancelledError):
-        image_to_3d(config, tmp_path / "out", stop)
+        _run(request, tmp_path / "out", path, stop)
     resumed = []
-    image_to_3d(config, tmp_path / "out", Callbacks(on_progress=lambda p: resumed.append((p.step, p.stage))), resume=True)
+    _run(request, tmp_path / "out", path, Callbacks(on_progress=lambda p: resumed.append((p.step, p.stage))),
+         resume=True)
     steps = [s for s, stage in resumed if stage == "optimising"]
     assert steps[0] == 26 and steps[-1] == 40
     assert json.loads((tmp_path / "out" / "run.json").read_text())["placement"][0][0] > 0
@@ -255,12 +271,11 @@ def test_magic123_style_text_guidance_joins_zero123(tmp_path, tiny_zero123):
 
     sd = build_tiny_sd(tmp_path / "sd")
     path, spec = _picture(tmp_path, "cube", _rolled_camera(-60.0, 20.0, 3.0, 0.0))
+    # A 6-step field is faint: mesh whatever is there (threshold 1e-3).
     options = dict(prior="zero123", model=tiny_zero123, camera=spec, text_model=sd, text_weight=0.5,
-                   preset="preview", steps=6, resolution=32, mesh_resolution=48)
-    with pytest.raises(DreamsculptError, match="needs a prompt"):
-        run(build_image_config("image_to_3d", str(path), **options), tmp_path / "no-prompt")
-    config = build_image_config("image_to_3d", str(path), prompt="a wooden crate", **options)
-    config.mesh.threshold = 1e-3     # a 6-step field is faint: mesh whatever is there
-    run(config, tmp_path / "out")
+                   preset="preview", steps=6, resolution=32, mesh={"resolution": 48, "threshold": 1e-3})
+    with pytest.raises(ValidationError, match="needs a prompt"):
+        _request("image_to_3d", path, **options)
+    _run(_request("image_to_3d", path, prompt="a wooden crate", **options), tmp_path / "out", path)
     detail = json.loads((tmp_path / "out" / "run.json").read_text())["prior_detail"]
     assert detail.startswith("zero123: ") and f"+ sd: {sd} x 0.5" in detail

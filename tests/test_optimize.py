@@ -15,8 +15,8 @@ from dreamsculpt.errors import CancelledError, DreamsculptError, NonFiniteError
 from dreamsculpt.guidance.base import GuidanceOutput
 from dreamsculpt.image_sets import ImageSet
 from dreamsculpt.guidance.closed_form import ClosedFormPrior
-from dreamsculpt.optimize import Callbacks, Progress, Trainer
-from dreamsculpt.pipeline import build_guidance
+from dreamsculpt.optimize import Callbacks, Progress, Trainer, TrainingViews
+from dreamsculpt.priors import text_prior
 
 STEPS = 6
 
@@ -157,6 +157,7 @@ def test_checkpoint_of_other_field_settings_is_refused(tmp_path):
 
 class NaNGuidance:
     background = "white"
+    device = torch.device("cpu")
 
     def grad(self, images, cameras, progress, generator):
         return GuidanceOutput(torch.full_like(images, float("nan")), float("nan"), torch.zeros(len(images)))
@@ -213,11 +214,11 @@ def test_one_sd_step_trains_the_field(tiny_sd_path):
     config.render.resolution = 32
     g = config.guidance
     g.prior, g.model, g.prompt = "sd", tiny_sd_path, "a chair"
-    guidance, description = build_guidance(config)
-    assert description == f"sd: {tiny_sd_path}"
-    assert guidance.background == "learned"
+    prior = text_prior(g, config.render.resolution, TrainingViews.of(config))
+    assert prior.description == f"sd: {tiny_sd_path}" and prior.model == tiny_sd_path
+    assert prior.guidance.background == "learned"
 
-    t = Trainer(config, guidance)
+    t = Trainer(config, prior.guidance, views=prior.views)
     before = parameters(t)
     loss = t.train_step()
     assert loss == loss and loss > 0

@@ -19,12 +19,9 @@ from .config import (
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
-    LIMITS,
     PRESETS,
     PRIORS,
     ZERO123_VARIANTS,
-    RunConfig,
-    build_config,
 )
 from .errors import CancelledError, DreamsculptError
 from .server.settings import (
@@ -40,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamsculpt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dreamsculpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    # Each command runs one kind of task (tasks.TASKS); its options are the request's fields.
     gen = sub.add_parser("generate", help="text (or a reference set) to a coloured mesh")
+    gen.set_defaults(kind="text_to_3d")
     gen.add_argument("prompt", help='what to make, e.g. "a red cube"')
     gen.add_argument("--prior", choices=PRIORS, default="sd",
                      help="sd: Stable Diffusion (needs the model); builtin: offline analytic shapes; "
@@ -52,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(gen, "out/<prompt>", "classifier-free guidance (default: 100 for sd)")
 
     img = sub.add_parser("image-to-3d", help="one image (and its camera) to a coloured mesh")
+    img.set_defaults(kind="image_to_3d")
     _add_image_options(img)
     img.add_argument("--prompt", default="", help="what the image shows, for text guidance as well (Magic123)")
     img.add_argument("--text-weight", type=float, default=0.0, help="weight of the text guidance (needs --prompt)")
@@ -60,15 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(img, "out/<image name>", "classifier-free guidance (default: the prior's)")
 
     views = sub.add_parser("novel-views", help="one image (and its camera) to views of the object around it")
+    views.set_defaults(kind="novel_views")
     _add_image_options(views)
-    views.add_argument("--count", type=int, default=8,
+    views.add_argument("--count", type=int,
                        help="a ring of this many views, the reference (view_00) included (default 8)")
     views.add_argument("--views", metavar='"DAZ,DEL ..."',
                        help='views relative to the reference instead of a ring, e.g. "30,0 60,10 -30,20" '
                             "(degrees of azimuth,elevation)")
     views.add_argument("--autoregressive", action="store_true",
                        help="condition each view on the nearest views made so far (more consistent, slower)")
-    views.add_argument("--neighbours", type=int, default=2, help="how many made views condition the next (default 2)")
+    views.add_argument("--neighbours", type=int, help="how many made views condition the next (default 2)")
     views.add_argument("--steps", type=int, help="denoising (DDIM) steps per view (default 50)")
     _add_run_options(views, "out/<image name>", "classifier-free guidance (default 3 for zero123)")
 
@@ -121,107 +122,48 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
                    help="the model's camera embedding (auto: from its name)")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    for name in ("steps", "resolution", "mesh_resolution", "max_faces"):
-        value, low = getattr(args, name), LIMITS[name][0]
-        if value is not None and value < low:
-            raise DreamsculptError(f"--{name.replace('_', '-')} must be at least {low} (got {value}).")
-    optional = {"max_faces": args.max_faces} if args.max_faces is not None else {}
-    return build_config(args.prompt, prior=args.prior, negative=args.negative, model=args.model,
-                        references=args.references, preset=args.preset, seed=args.seed, steps=args.steps,
-                        guidance_scale=args.guidance_scale, resolution=args.resolution,
-                        mesh_resolution=args.mesh_resolution, threshold=args.threshold, obj=args.obj,
-                        device=args.device, fp16=args.fp16, **optional)
+#: Options whose request field has another name (dest -> field path); the rest are the same.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "mesh_resolution": ("mesh", "resolution"), "threshold": ("mesh", "threshold"),
+    "max_faces": ("mesh", "max_faces"), "obj": ("mesh", "obj"),
+    "elevation": ("elevation_deg",), "azimuth": ("azimuth_deg",), "fov": ("fov_deg",),
+}
+#: Options of the run, not of the request (where and how it runs, and what the CLI shows).
+RUN_OPTIONS = {"command", "kind", "out", "quiet", "device", "resume", "image", "camera", "views"}
 
 
-def default_out_dir(prompt: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "run"
-    return Path("out") / slug
-
-
-def run_with_progress(args: argparse.Namespace, run):
-    """`run(callbacks)` with a progress bar and a clean stop on the first Ctrl-C."""
-    from tqdm import tqdm
-
-    from .optimize import Callbacks
-
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; second: the default
-        stop["requested"] = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous_handler = signal.signal(signal.SIGINT, on_sigint)
-    bar = None  # opened once past loading, so a user error is the only line on stderr
-
-    def on_progress(p):
-        nonlocal bar
-        if bar is None and p.step == 0 and p.stage == "loading":
-            return
-        if bar is None:
-            bar = tqdm(total=p.total, initial=p.step, unit="step", disable=args.quiet, dynamic_ncols=True)
-        bar.total, bar.n = p.total, p.step
-        bar.set_postfix_str(p.stage if p.stage == "sampling" else f"{p.stage} loss {p.loss:.4f}", refresh=False)
-        bar.refresh()
-
-    try:
-        return run(Callbacks(on_progress, None, lambda: stop["requested"]))
-    finally:
-        if bar is not None:
-            bar.close()
-        signal.signal(signal.SIGINT, previous_handler)
-
-
-def print_mesh_result(result) -> None:
-    print(f"wrote {result.out_dir}/mesh.ply ({result.vertices} vertices, {result.faces} faces) "
-          f"in {result.seconds:.0f} s")
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    from .pipeline import generate
-
-    config = config_from_args(args)
-    out_dir = args.out or default_out_dir(args.prompt)
-    print_mesh_result(run_with_progress(args, lambda callbacks: generate(config, out_dir, callbacks, args.resume)))
-    return 0
-
-
-def image_config(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of image-to-3d or novel-views, checked by the job server's request model
-    (so the CLI and the server accept the same values) and the image by its upload check."""
+def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The command's request, validated by the same pydantic model the job server uses, so both
+    accept the same values; a refused value is a DreamsculptError naming the option. Nothing
+    heavy is imported: a mistake is reported at once."""
     from pydantic import ValidationError
 
-    from .server.schemas import ImageTo3DRequest, NovelViewsRequest
+    from .tasks import TASKS
 
-    image = _read_image(args.image)
-    fields = {"image": image.sha256, "prior": args.prior, "model": args.model, "variant": args.variant,
-              "seed": args.seed, "guidance_scale": args.guidance_scale, "fp16": args.fp16}
-    orbit = {"elevation_deg": args.elevation, "azimuth_deg": args.azimuth, "fov_deg": args.fov}
-    if args.camera is not None:
-        given = [f"--{name.removesuffix('_deg')}" for name, value in orbit.items() if value is not None]
+    model = TASKS[args.kind].request
+    fields: dict = {"kind": args.kind}
+    for dest, value in vars(args).items():
+        if dest in RUN_OPTIONS or value is None:
+            continue
+        *parents, name = FIELDS.get(dest, (dest,))
+        target = fields
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[name] = value
+    if getattr(args, "image", None) is not None:
+        fields["image"] = _read_image(args.image).sha256
+    if getattr(args, "camera", None) is not None:
+        given = [f"--{dest}" for dest in ("elevation", "azimuth", "fov") if getattr(args, dest) is not None]
         if given:
             raise DreamsculptError(f"--camera already gives the view: leave out {', '.join(given)} (for images "
                                    "without a camera).")
         fields["camera"], fields["depth"] = read_camera(args.camera)
-    else:
-        fields.update({name: value for name, value in orbit.items() if value is not None})
-    if args.command == "image-to-3d":
-        mesh = {"resolution": args.mesh_resolution, "threshold": args.threshold, "obj": args.obj}
-        if args.max_faces is not None:
-            mesh["max_faces"] = args.max_faces
-        model = ImageTo3DRequest
-        fields.update(kind="image_to_3d", prompt=args.prompt, text_weight=args.text_weight,
-                      text_model=args.text_model, preset=args.preset, steps=args.steps,
-                      resolution=args.resolution, mesh=mesh)
-    else:
-        model = NovelViewsRequest
-        fields.update(kind="novel_views", count=args.count, views=parse_views(args.views),
-                      autoregressive=args.autoregressive, neighbours=args.neighbours, steps=args.steps)
+    if getattr(args, "views", None) is not None:
+        fields["views"] = parse_views(args.views)
     try:
-        request = model.model_validate(fields)
+        return model.model_validate(fields)
     except ValidationError as exc:
-        raise DreamsculptError(_option_problem(exc, args)) from None
-    return request.to_config(args.device, args.image)
+        raise DreamsculptError(_option_problem(exc, args, model, parser)) from None
 
 
 def _read_image(path: Path):
@@ -273,51 +215,102 @@ def parse_views(text: str | None) -> list[dict] | None:
     return views
 
 
-#: Request fields -> the options that set them (the rest: --field-name).
-_OPTIONS = {"elevation_deg": "--elevation", "azimuth_deg": "--azimuth", "fov_deg": "--fov",
-            "mesh.resolution": "--mesh-resolution", "mesh.threshold": "--threshold", "mesh.max_faces": "--max-faces"}
+def _option_name(loc: tuple, parser: argparse.ArgumentParser, command: str) -> str:
+    """The option (or argument) that sets the request field at `loc`."""
+    fields = {path: dest for dest, path in FIELDS.items()}
+    dest = fields.get(tuple(loc[:2]) if loc[0] == "mesh" else (loc[0],), loc[0])
+    sub = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        if action.dest == dest:
+            return action.option_strings[0] if action.option_strings else (action.metavar or dest).upper()
+    return "--" + str(dest).replace("_", "-")
 
 
-def _option_problem(exc, args: argparse.Namespace) -> str:
-    """The first problem pydantic found, as one line naming the option."""
+def _option_problem(exc, args: argparse.Namespace, model, parser: argparse.ArgumentParser) -> str:
+    """The first problem pydantic found, as one line naming the option (and its range)."""
+    from .requests import ViewOffset, allowed_range
+
     error = exc.errors()[0]
-    loc = [str(part) for part in error["loc"]]
+    loc = tuple(error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    if error["type"] != "value_error" and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        message += f" (got {value})"
+    shown = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    bounded = error["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
     if loc[0] in ("camera", "depth"):
-        where = ".".join(loc[1:]) if loc[0] == "camera" else "depth"
-        return f"--camera {args.camera}: {where or 'the camera'}: {message}"
+        where = ".".join(map(str, loc[1:])) if loc[0] == "camera" else "depth"
+        got = f" (got {value})" if shown and error["type"] != "value_error" else ""
+        return f"--camera {args.camera}: {where or 'the camera'}: {message}{got}"
     if loc[0] == "views" and len(loc) > 2:
-        return f"--views pair {int(loc[1]) + 1}: {loc[2].removesuffix('_deg')}: {message}"
-    key = ".".join(loc[:2]) if loc[0] == "mesh" else loc[0]
-    return f"{_OPTIONS.get(key, '--' + loc[0].replace('_', '-'))}: {message}"
+        limits = allowed_range(ViewOffset, loc[2:])
+        what = f"must be {limits} (got {value})" if bounded and limits else message
+        return f"--views pair {int(loc[1]) + 1}: {str(loc[2]).removesuffix('_deg')}: {what}"
+    option = _option_name(loc, parser, args.command)
+    limits = allowed_range(model, loc) if bounded else None
+    if limits:
+        return f"{option} must be {limits} (got {value})."
+    return f"{option}: {message}" + (f" (got {value})" if shown and error["type"] != "value_error" else "")
 
 
-def run_image(args: argparse.Namespace) -> int:
-    """image-to-3d and novel-views: the options are checked by the job server's own request
-    models, so the CLI and the server accept the same values."""
-    config = image_config(args)   # before importing torch: a mistake is reported at once
-    from .pipeline import run
+def run_task(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Every kind's command: the request, then its task, with a progress bar; prints the one
+    line the task's result gives."""
+    request = request_from_args(args, parser)   # before torch is imported
+    from .tasks import task_of
 
-    out_dir = args.out or default_out_dir(args.image.stem)
-    resume = getattr(args, "resume", False)
-    result = run_with_progress(args, lambda callbacks: run(config, out_dir, callbacks, resume))
-    if config.kind == "novel_views":
-        print(f"wrote {result.count} views to {result.out_dir}/ (novel_views.png) in {result.seconds:.0f} s")
-    else:
-        print_mesh_result(result)
+    default = args.image.stem if getattr(args, "image", None) is not None else getattr(args, "prompt", "")
+    out_dir = args.out or default_out_dir(default)
+    task = task_of(request)
+    result = run_with_progress(args, lambda callbacks: task.run(
+        request, out_dir, callbacks, device=args.device, resume=getattr(args, "resume", False),
+        image=getattr(args, "image", None)))
+    print(result.summary())
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def default_out_dir(prompt: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "run"
+    return Path("out") / slug
+
+
+def run_with_progress(args: argparse.Namespace, run):
+    """`run(callbacks)` with a progress bar and a clean stop on the first Ctrl-C."""
+    from tqdm import tqdm
+
+    from .optimize import Callbacks
+
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; second: the default
+        stop["requested"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    bar = None  # opened once past loading, so a user error is the only line on stderr
+
+    def on_progress(p):
+        nonlocal bar
+        if bar is None and p.step == 0 and p.stage == "loading":
+            return
+        if bar is None:
+            bar = tqdm(total=p.total, initial=p.step, unit="step", disable=args.quiet, dynamic_ncols=True)
+        bar.total, bar.n = p.total, p.step
+        bar.set_postfix_str(p.stage if p.stage == "sampling" else f"{p.stage} loss {p.loss:.4f}", refresh=False)
+        bar.refresh()
+
     try:
-        if args.command == "generate":
-            return run_generate(args)
-        if args.command in ("image-to-3d", "novel-views"):
-            return run_image(args)
+        return run(Callbacks(on_progress, None, lambda: stop["requested"]))
+    finally:
+        if bar is not None:
+            bar.close()
+        signal.signal(signal.SIGINT, previous_handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "kind", None) is not None:
+            return run_task(args, parser)
         if args.command == "serve":
             from .server.serve import serve
 

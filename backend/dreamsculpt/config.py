@@ -11,8 +11,6 @@ from dataclasses import field as _field
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 PRIORS = ("sd", "builtin", "references")
-#: What a run makes: a mesh from text, a mesh from one image, or novel views of one image.
-KINDS = ("text_to_3d", "image_to_3d", "novel_views")
 #: Priors of the image kinds: Zero-1-to-3 (a model), or the built-in shapes, view-conditioned.
 IMAGE_PRIORS = ("zero123", "builtin")
 ZERO123_VARIANTS = ("auto", "zero123", "stable_zero123")

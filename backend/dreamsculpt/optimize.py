@@ -13,35 +13,29 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from .callbacks import Callbacks, Progress
 from .cameras import Cameras
-from .config import CameraConfig, RunConfig
+from .config import CameraConfig, RunConfig, ShadingConfig
 from .errors import CancelledError, DreamsculptError, NonFiniteError
 from .fields import OccupancyGrid, TriplaneField
 from .guidance.base import Guidance
 from .rendering import SHADING_MODES, Background, render
 
 
-@dataclass
-class Progress:
-    step: int           # steps done
-    total: int
-    loss: float         # guidance residual, smoothed
-    elapsed_s: float
-    eta_s: float
-    stage: str = "optimising"
+@dataclass(frozen=True)
+class TrainingViews:
+    """Where the optimisation's cameras go and how its renders are shaded: what a prior asks of
+    the run (a posed image set: its own viewpoints, albedo only), or the config's defaults."""
 
+    camera: CameraConfig
+    shading: ShadingConfig
 
-@dataclass
-class Callbacks:
-    """Hooks the CLI and the job server plug in. Each is optional."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    on_preview: Callable[[int, torch.Tensor], None] | None = None  # (step, [3, S, S] image in [0, 1])
-    should_cancel: Callable[[], bool] | None = None
+    @staticmethod
+    def of(config: RunConfig) -> "TrainingViews":
+        return TrainingViews(config.camera, config.shading)
 
 
 @dataclass
@@ -86,12 +80,14 @@ class Trainer:
     """Owns the field, occupancy grid, background and optimiser of one run."""
 
     def __init__(self, config: RunConfig, guidance: Guidance, callbacks: Callbacks | None = None,
-                 checkpoint_path: Path | None = None, reference: PictureTarget | None = None):
+                 checkpoint_path: Path | None = None, reference: PictureTarget | None = None,
+                 views: TrainingViews | None = None):
         self.config, self.guidance = config, guidance
+        self.views = views if views is not None else TrainingViews.of(config)
         self.callbacks = callbacks or Callbacks()
         self.checkpoint_path = checkpoint_path
         # The field lives where the prior runs (the reference prior is on the CPU).
-        self.device = torch.device(getattr(guidance, "device", "cpu"))
+        self.device = torch.device(guidance.device)
         torch.manual_seed(config.train.seed)  # module initialisation
         self.field = TriplaneField(config.field).to(self.device)
         self.background = Background(guidance.background).to(self.device)
@@ -115,7 +111,7 @@ class Trainer:
         self.timings = {"occupancy": 0.0, "render": 0.0, "guidance": 0.0, "backward": 0.0, "steps": 0}
 
     def shading_mode(self) -> str:
-        s = self.config.shading
+        s = self.views.shading
         if self.step_index < s.warmup_fraction * self.config.train.steps:
             return "albedo"
         p = torch.tensor([s.p_albedo, s.p_lambertian, s.p_textureless])
@@ -129,10 +125,10 @@ class Trainer:
             self.occupancy.update(self.field, self.generator)
         tick = time.perf_counter()
         self.timings["occupancy"] += tick - start
-        cameras = sample_cameras(c.camera, t.batch_size, self.generator).to(self.device)
+        cameras = sample_cameras(self.views.camera, t.batch_size, self.generator).to(self.device)
         mode = self.shading_mode()
         out = render(self.field, cameras, c.render.resolution, c.render.samples_per_ray, self.occupancy,
-                     self.background, mode, light_near(cameras, self.generator), c.shading.ambient,
+                     self.background, mode, light_near(cameras, self.generator), self.views.shading.ambient,
                      self.generator, want_normals=t.lambda_orient > 0 and mode != "albedo")
         tock = time.perf_counter()
         progress = self.step_index / max(t.steps, 1)
@@ -165,13 +161,18 @@ class Trainer:
         self.step_index += 1
         return guided.loss
 
+    def ms_per_step(self) -> dict[str, float]:
+        """Mean milliseconds per step of each phase so far (run.json's ms_per_step)."""
+        steps = max(self.timings["steps"], 1)
+        return {k: round(1e3 * self.timings[k] / steps, 2) for k in ("occupancy", "render", "guidance", "backward")}
+
     def reference_loss(self) -> torch.Tensor:
         """Magic123 / RealFusion reference-view terms: the render from the reference camera
         (albedo: the picture's own lighting is in its colours) against the picture and its mask."""
         ref, c = self.reference, self.config
         out = render(self.field, ref.camera, c.render.resolution, c.render.samples_per_ray, self.occupancy,
                      self.background if self.background.mode == "white" else Background("white"),
-                     "albedo", None, c.shading.ambient, self.generator)
+                     "albedo", None, self.views.shading.ambient, self.generator)
         rgb = torch.nn.functional.mse_loss(out.rgb, ref.rgb)
         mask = torch.nn.functional.mse_loss(out.opacity, ref.mask)
         return ref.lambda_rgb * rgb + ref.lambda_mask * mask
@@ -209,8 +210,8 @@ class Trainer:
         """[3, S, S] render of the current field from a camera that turns as the run goes;
         S = `size`, else train.preview_size."""
         az = -90.0 + 360.0 * self.step_index / max(self.config.train.steps, 1) if azimuth is None else azimuth
-        cam = Cameras.from_orbit(az, 20.0, sum(self.config.camera.distance) / 2,
-                                 sum(self.config.camera.fov_deg) / 2).to(self.device)
+        cam = Cameras.from_orbit(az, 20.0, sum(self.views.camera.distance) / 2,
+                                 sum(self.views.camera.fov_deg) / 2).to(self.device)
         bg = Background("white") if self.background.mode == "random" else self.background
         return render(self.field, cam, size or self.config.train.preview_size, self.config.render.samples_per_ray,
                       self.occupancy, bg).rgb[0].clamp(0, 1).cpu()

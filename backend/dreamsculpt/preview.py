@@ -16,10 +16,10 @@ from .rendering import Background, render
 @torch.no_grad()
 def render_views(trainer: Trainer, azimuths, elevation: float = 20.0, size: int | None = None) -> np.ndarray:
     """[K, S, S, 3] uint8 renders of the final field (albedo, white or learned backdrop)."""
-    c = trainer.config
+    c, camera = trainer.config, trainer.views.camera
     size = size or max(2 * c.render.resolution, 96)
     cams = Cameras.from_orbit(torch.as_tensor(azimuths, dtype=torch.float32), elevation,
-                              sum(c.camera.distance) / 2, sum(c.camera.fov_deg) / 2).to(trainer.device)
+                              sum(camera.distance) / 2, sum(camera.fov_deg) / 2).to(trainer.device)
     bg = Background("white") if trainer.background.mode == "random" else trainer.background
     frames = [render(trainer.field, cams[i], size, c.render.samples_per_ray, trainer.occupancy, bg).rgb[0]
               for i in range(len(cams))]

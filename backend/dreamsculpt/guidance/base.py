@@ -12,6 +12,7 @@ w(t) * (eps_hat - eps) carried back to image space.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,10 +36,25 @@ class Guidance(Protocol):
     #: Background the prior expects behind the object: "white" for rendered reference
     #: sets, "learned" / "random" for natural-image models.
     background: str
-    #: Default weight of the guidance gradient (a prior-specific scale).
+    #: Where the prior runs; the field being optimised lives there too.
+    device: torch.device
+
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
              generator: torch.Generator) -> GuidanceOutput:
         """images: [B, 3, H, W] renders in [0, 1]; progress: fraction of the run done."""
+        ...
+
+
+class ViewSampler(Protocol):
+    """A prior that draws images of one object from given cameras (novel views): the closed-form
+    prior of a view-conditioned set, or Zero-1-to-3 conditioned on the picture."""
+
+    def sample(self, targets: Cameras, steps: int, generator: torch.Generator,
+               on_step: Callable[[int, int], None] | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+        """[K, 3, S, S] images in [0, 1] over white, one per target camera, by `steps`
+        denoising steps. on_step(done, total) after every step counts view-steps (total =
+        K * steps); should_cancel() is asked before every step (CancelledError when true)."""
         ...
 
 
@@ -101,7 +117,7 @@ class CombinedGuidance:
     def __init__(self, parts: list[tuple[Guidance, float]]):
         self.parts = parts
         self.background = parts[0][0].background
-        self.device = getattr(parts[0][0], "device", "cpu")
+        self.device = parts[0][0].device
 
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
              generator: torch.Generator) -> GuidanceOutput:

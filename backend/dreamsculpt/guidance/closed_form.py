@@ -38,6 +38,8 @@ class ClosedFormPrior:
     """
 
     background = "white"
+    #: The denoiser is a few matrix products over the set: cheap, and on the CPU.
+    device = torch.device("cpu")
 
     def __init__(self, library: ImageSet, condition: torch.Tensor, config: GuidanceConfig):
         self.library = library
@@ -119,25 +121,26 @@ class ClosedFormPrior:
         return GuidanceOutput(grad=(2.0 * g).to(images.device), loss=float(g.square().mean()), t=t)
 
     @torch.no_grad()
-    def sample(self, cameras: Cameras, steps: int, generator: torch.Generator,
+    def sample(self, targets: Cameras, steps: int, generator: torch.Generator,
                on_step=None, should_cancel=None) -> torch.Tensor:
-        """Deterministic DDIM samples [B, 3, S, S] in [0, 1] of the conditional set at the
-        cameras' poses, using the exact denoiser at every step. on_step(done, total) after each
-        step; should_cancel() before each (raises CancelledError)."""
+        """Deterministic DDIM samples [K, 3, S, S] in [0, 1] of the conditional set at the
+        targets' poses (a `ViewSampler`), with the exact denoiser at every step. All K views
+        are denoised together; on_step(done, total) counts view-steps (total = K * steps);
+        should_cancel() is asked before each step (raises CancelledError)."""
         from ..errors import CancelledError
 
-        B, S = len(cameras), self.resolution
-        log_k = self.log_view_kernel(cameras)
+        K, S = len(targets), self.resolution
+        log_k = self.log_view_kernel(targets)
         timesteps = torch.linspace(len(self.alphas_cumprod) - 1, 0, steps).round().long()
-        x = torch.randn((B, 3 * S * S), generator=generator)
+        x = torch.randn((K, 3 * S * S), generator=generator)
         for i, step in enumerate(timesteps):
             if should_cancel and should_cancel():
                 raise CancelledError(f"Cancelled after {i} of {steps} denoising steps.")
-            a = self.alphas_cumprod[step].expand(B)
+            a = self.alphas_cumprod[step].expand(K)
             x0 = self.denoise(x, a, log_k, self.condition)
             eps = (x - a.sqrt()[:, None] * x0) / (1 - a).sqrt()[:, None]
             a_prev = self.alphas_cumprod[timesteps[i + 1]] if i + 1 < steps else torch.tensor(1.0)
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
             if on_step:
-                on_step(i + 1, steps)
-        return ((x.reshape(B, 3, S, S) + 1.0) / 2.0).clamp(0, 1)
+                on_step((i + 1) * K, steps * K)
+        return ((x.reshape(K, 3, S, S) + 1.0) / 2.0).clamp(0, 1)

@@ -18,8 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..config import KINDS
 from ..errors import DreamsculptError
+from ..tasks import KINDS
 from .dispatcher import Busy, Dispatcher
 from .schemas import (
     JOB_ID_PATTERN,

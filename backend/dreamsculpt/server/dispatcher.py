@@ -18,9 +18,10 @@ from importlib import metadata
 
 from .. import __version__
 from ..errors import DreamsculptError
-from .schemas import JobRequest, JobResult, JobState, JobStatus, now, total_steps
+from ..tasks import JobRequest, task_of
+from .schemas import JobResult, JobState, JobStatus, now
 from .settings import ServerSettings
-from .store import INPUT_IMAGE, JobStore
+from .store import JobStore
 
 log = logging.getLogger("dreamsculpt.server")
 #: Multi-line details (tracebacks): the log file only, so stderr keeps one line per event.
@@ -108,7 +109,7 @@ class Dispatcher:
         self._thread.start()
 
     def submit(self, request: JobRequest) -> JobStatus:
-        total = total_steps(request.to_config(self.settings.device))
+        total = task_of(request).total_steps(request)
         with self._cond:
             if self._stopping:
                 raise Busy("The server is stopping; submit the job again once it is back.")
@@ -116,9 +117,8 @@ class Dispatcher:
             self._queue.append(job.id)
             self._cond.notify_all()
             job.queue_position = len(self._queue) - 1
-        what = repr(request.prompt) if request.kind == "text_to_3d" else f"image {request.image[:12]}"
-        log.info("job %s queued: %s %s prior=%s seed=%s preset=%s steps=%d", job.id, request.kind, what,
-                 request.prior, request.seed, getattr(request, "preset", "-"), total)
+        log.info("job %s queued: %s %s prior=%s seed=%s preset=%s steps=%d", job.id, request.kind,
+                 request.subject(), request.prior, request.seed, getattr(request, "preset", "-"), total)
         return job
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -288,11 +288,10 @@ class Dispatcher:
         except DreamsculptError as exc:
             self.store.finish(job_id, JobState.failed, str(exc))
             return
-        config = job.request.to_config(self.settings.device, self.store.folder(job_id) / INPUT_IMAGE)
         self.store.update(job_id, status=JobState.running, stage="loading", started=job.started or now(),
                           error=None)
         log.info("job %s %s", job_id, "resuming" if resume else "started")
-        worker.conn.send(("run", job_id, config.to_dict(), str(self.store.folder(job_id)), resume))
+        worker.conn.send(("run", job_id, job.request.model_dump(mode="json"), str(self.store.folder(job_id)), resume))
         _JobRun(self, worker, job_id).follow()
 
 
@@ -379,9 +378,7 @@ class _JobRun:
             r = message[2]
             result = JobResult(**r, files=store.result_files(job_id))
             store.finish(job_id, JobState.done, result=result)
-            made = f"{r['views']} views" if r.get("views") is not None else \
-                f"{r['vertices']} vertices, {r['faces']} faces"
-            log.info("job %s done in %.1f s: %s", job_id, r["seconds"], made)
+            log.info("job %s done in %.1f s: %s", job_id, r["seconds"], message[3])
             return True
         elif kind == "failed":
             store.finish(job_id, JobState.failed, message[2])

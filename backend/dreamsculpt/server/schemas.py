@@ -5,257 +5,19 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import Enum
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import (
-    DEFAULT_SD_MODEL,
-    DEFAULT_ZERO123_MODEL,
-    IMAGE_PRIORS,
-    LIMITS,
-    PRESETS,
-    PRIORS,
-    ZERO123_VARIANTS,
-    MeshConfig,
-    RunConfig,
-    build_config,
-    build_image_config,
-)
+from ..requests import IMAGE_ID_PATTERN
+from ..tasks import JobRequest
 
 #: Job ids: creation time (UTC) and 6 random hex digits, e.g. 20261121-093512-4f2a9c.
 JOB_ID_PATTERN = r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$"
-#: Uploaded images: the sha256 (hex) of the stored PNG.
-IMAGE_ID_PATTERN = r"^[0-9a-f]{64}$"
-STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _no_control_characters(value: str | None) -> str | None:
-    if value is not None and any(ord(ch) < 32 for ch in value):
-        raise ValueError("must not contain control characters (newlines, tabs, NUL)")
-    return value
-
-
-def _one_line(value: str) -> str:
-    """A prompt: newlines and tabs become spaces; other control characters are refused."""
-    return _no_control_characters(value.replace("\n", " ").replace("\t", " "))
-
-
-#: Free text that ends up in logs and file names: no control characters.
-PlainText = Annotated[str, AfterValidator(_no_control_characters)]
-#: A model: hub id, diffusers folder or one weights file on the server's disk.
-ModelName = Annotated[PlainText, Field(min_length=1, max_length=4096)]
-Prompt = Annotated[str, Field(max_length=2000), AfterValidator(_one_line)]
-#: A finite matrix entry (Blender scenes are rarely larger than a few kilometres).
-_Entry = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
-Matrix4 = Annotated[list[Annotated[list[_Entry], Field(min_length=4, max_length=4)]],
-                    Field(min_length=4, max_length=4)]
-
-
-class MeshOptions(BaseModel):
-    model_config = STRICT
-
-    resolution: int | None = Field(None, ge=LIMITS["mesh_resolution"][0], le=LIMITS["mesh_resolution"][1],
-                                   description="Marching-cubes grid size (default: the preset's).")
-    threshold: float | None = Field(None, gt=0, le=1e6, description="Density of the surface (default: automatic).")
-    max_faces: int | None = Field(MeshConfig.max_faces, ge=LIMITS["max_faces"][0], le=LIMITS["max_faces"][1],
-                                  description="Decimate to this many faces; null keeps every face.")
-    obj: bool = Field(False, description="Also write result.obj.")
-
-
-class CameraSpec(BaseModel):
-    """A Blender perspective camera: the pose and lens the reference image was taken with."""
-
-    model_config = STRICT
-
-    matrix_world: Matrix4 = Field(description="The camera object's matrix_world, row-major (its scale is ignored).")
-    lens: float = Field(50.0, gt=0, le=1e5, description="Focal length, mm.")
-    sensor_width: float = Field(36.0, gt=0, le=1e5, description="mm.")
-    sensor_height: float = Field(24.0, gt=0, le=1e5, description="mm.")
-    sensor_fit: Literal["AUTO", "HORIZONTAL", "VERTICAL"] = "AUTO"
-    shift_x: float = Field(0.0, ge=-10, le=10, description="Lens shift, in units of the larger image side.")
-    shift_y: float = Field(0.0, ge=-10, le=10)
-
-    @field_validator("matrix_world")
-    @classmethod
-    def _rigid_enough(cls, m: list[list[float]]) -> list[list[float]]:
-        if any(abs(a - b) > 1e-6 for a, b in zip(m[3], (0.0, 0.0, 0.0, 1.0))):
-            raise ValueError("the last row must be [0, 0, 0, 1] (an affine transform, as Blender's matrix_world is)")
-        axes = [[m[r][c] for r in range(3)] for c in range(3)]   # the camera's x, y, z axes (columns)
-        norms = [sum(v * v for v in axis) ** 0.5 for axis in axes]
-        if min(norms) < 1e-9:
-            raise ValueError("the rotation part (upper-left 3x3) has a zero axis: the camera has zero scale")
-        (a, b, c), (d, e, f), (g, h, i) = ([v / n for v in axis] for axis, n in zip(axes, norms))
-        det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
-        if abs(det) < 1e-3:
-            raise ValueError("the rotation part (upper-left 3x3) is degenerate: its axes are not independent")
-        if det < 0:
-            raise ValueError("the camera is mirrored (a negative scale): reset the camera's scale")
-        return m
-
-
-class ViewOffset(BaseModel):
-    """A novel view, relative to the reference view."""
-
-    model_config = STRICT
-
-    azimuth_deg: float = Field(ge=-360, le=360, description="Degrees around the object (world Z), from the reference.")
-    elevation_deg: float = Field(0.0, ge=-89, le=89, description="Degrees up (+) or down (-) from the reference.")
-
-
-class _Run(BaseModel):
-    """Options every kind of job has."""
-
-    model_config = STRICT
-
-    kind: str   # each request narrows it to its Literal; declared here so that it comes first
-    seed: int = Field(0, ge=LIMITS["seed"][0], le=LIMITS["seed"][1])
-    guidance_scale: float | None = Field(None, gt=0, le=1000,
-                                         description="Classifier-free guidance (default: the prior's).")
-    fp16: bool = Field(False, description="Half precision for the diffusion model (CUDA only).")
-
-    def _run_options(self, device: str) -> dict:
-        return {"seed": self.seed, "guidance_scale": self.guidance_scale, "fp16": self.fp16, "device": device}
-
-
-class _Optimised(_Run):
-    """Options of the kinds that optimise a 3D field and mesh it."""
-
-    preset: Literal[tuple(PRESETS)] = "standard"  # type: ignore[valid-type]
-    steps: int | None = Field(None, ge=LIMITS["steps"][0], le=LIMITS["steps"][1],
-                              description="Optimisation steps (default: the preset's).")
-    resolution: int | None = Field(None, ge=LIMITS["resolution"][0], le=LIMITS["resolution"][1],
-                                   description="Render size during optimisation (default: the preset's).")
-    mesh: MeshOptions = Field(default_factory=MeshOptions)
-
-    def _optimise_options(self) -> dict:
-        m = self.mesh
-        return {"preset": self.preset, "steps": self.steps, "resolution": self.resolution,
-                "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces, "obj": m.obj}
-
-
-class TextTo3DRequest(_Optimised):
-    """A text (or reference set) to coloured mesh job: the options of `dreamsculpt generate`."""
-
-    kind: Literal["text_to_3d"]
-    prior: Literal[PRIORS] = Field("sd", description="sd: Stable Diffusion; builtin: offline shapes; "
-                                                     "references: a folder of images on the server's disk.")
-    prompt: Prompt = Field("", validate_default=True, description='What to make, e.g. "a red cube".')
-    negative: PlainText = Field("", max_length=2000, description="Negative prompt (sd prior).")
-    model: ModelName = Field(DEFAULT_SD_MODEL, description="Hub id, diffusers folder or .safetensors/.ckpt file "
-                                                           "(sd prior).")
-    references: PlainText | None = Field(None, min_length=1, max_length=4096, validate_default=True,
-                                         description="Folder of square images (+ poses.json) on the server's disk.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_given(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip() and info.data.get("prior") != "references":
-            raise ValueError('the prompt is empty: say what to make, e.g. "a red cube"')
-        return value
-
-    @field_validator("references")
-    @classmethod
-    def _references_given(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if info.data.get("prior") == "references" and not value:
-            raise ValueError("prior 'references' needs references: a folder of images on the server's disk")
-        return value
-
-    def to_config(self, device: str = "auto", image_path: str | Path | None = None) -> RunConfig:
-        """The run's configuration (`image_path` is for the image kinds; unused here)."""
-        return build_config(self.prompt, prior=self.prior, negative=self.negative, model=self.model,
-                            references=self.references, **self._run_options(device), **self._optimise_options())
-
-
-class _FromImage(_Run):
-    """The reference image of the image kinds, the camera it was taken with, and the prior."""
-
-    image: str = Field(pattern=IMAGE_ID_PATTERN, description="The id (sha256) that POST /images returned.")
-    camera: CameraSpec | None = Field(None, description="The Blender camera of the image; null: the orbit "
-                                                        "camera of elevation_deg, azimuth_deg and fov_deg.")
-    depth: float | None = Field(None, gt=0, le=1e6, description="Camera centre to object centre, world units "
-                                                                "(scales the placement; default: a guess).")
-    elevation_deg: float = Field(0.0, ge=-89, le=89, description="Without a camera: the view's elevation.")
-    azimuth_deg: float = Field(-90.0, ge=-360, le=360, description="Without a camera: the view's azimuth "
-                                                                   "(-90: the front, Blender's -Y).")
-    fov_deg: float = Field(40.0, gt=1, lt=170, description="Without a camera: the view's field of view.")
-    prior: Literal[IMAGE_PRIORS] = Field("zero123", description="zero123: the Zero-1-to-3 model; builtin: the "
-                                                                "offline shapes, view-conditioned.")
-    model: ModelName = Field(DEFAULT_ZERO123_MODEL, description="Zero123 model: hub id, diffusers folder or one "
-                                                                "file on the server's disk.")
-    variant: Literal[ZERO123_VARIANTS] = Field("auto", description="Camera embedding of the model (auto: from "
-                                                                   "its name).")
-
-    def _image_options(self, device: str) -> dict:
-        return {"prior": self.prior, "camera": self.camera.model_dump() if self.camera else None,
-                "depth": self.depth, "elevation_deg": self.elevation_deg, "azimuth_deg": self.azimuth_deg,
-                "fov_deg": self.fov_deg, "model": self.model, "variant": self.variant, **self._run_options(device)}
-
-
-class ImageTo3DRequest(_FromImage, _Optimised):
-    """One image (and its camera) to a coloured mesh placed where the camera saw it."""
-
-    kind: Literal["image_to_3d"]
-    prompt: Prompt = Field("", description="Optional text for text SDS as well (Magic123-style).")
-    text_weight: float = Field(0.0, ge=0, le=100, description="Weight of the text SDS; > 0 needs a prompt.")
-    text_model: ModelName = Field(DEFAULT_SD_MODEL, description="Stable Diffusion model of the text SDS.")
-
-    @field_validator("text_weight")
-    @classmethod
-    def _prompt_for_text(cls, value: float, info: ValidationInfo) -> float:
-        if value > 0 and not info.data.get("prompt", "").strip():
-            raise ValueError("text_weight > 0 needs a prompt: say what the image shows, or set text_weight to 0")
-        return value
-
-    def to_config(self, device: str = "auto", image_path: str | Path = "") -> RunConfig:
-        return build_image_config(self.kind, str(image_path), **self._image_options(device),
-                                  **self._optimise_options(), prompt=self.prompt, text_weight=self.text_weight,
-                                  text_model=self.text_model)
-
-
-class NovelViewsRequest(_FromImage):
-    """Views of the object around the reference view, made by the image prior."""
-
-    kind: Literal["novel_views"]
-    count: int = Field(8, ge=LIMITS["view_count"][0], le=LIMITS["view_count"][1],
-                       description="A ring of this many views, the reference (view_00) included.")
-    views: list[ViewOffset] | None = Field(None, min_length=1, max_length=LIMITS["view_count"][1] - 1,
-                                           description="Or these views, relative to the reference "
-                                                       "(view_00); overrides count.")
-    autoregressive: bool = Field(False, description="Condition each view on the nearest views made so far.")
-    neighbours: int = Field(2, ge=1, le=8, description="How many made views condition the next (autoregressive).")
-    steps: int | None = Field(None, ge=LIMITS["sample_steps"][0], le=LIMITS["sample_steps"][1],
-                              description="Denoising (DDIM) steps per view (default 50).")
-
-    def to_config(self, device: str = "auto", image_path: str | Path = "") -> RunConfig:
-        views = [(v.azimuth_deg, v.elevation_deg) for v in self.views] if self.views else None
-        return build_image_config(self.kind, str(image_path), **self._image_options(device), view_count=self.count,
-                                  views=views, autoregressive=self.autoregressive, neighbours=self.neighbours,
-                                  sample_steps=self.steps)
-
-
-#: What POST /jobs accepts: one of the kinds, told apart by `kind`.
-JobRequest = Annotated[TextTo3DRequest | ImageTo3DRequest | NovelViewsRequest, Field(discriminator="kind")]
-
-
-def total_steps(config: RunConfig) -> int:
-    """The `total` a job reports: optimisation steps, or denoising steps over every made view."""
-    if config.kind == "novel_views":
-        made = len(config.image.views) if config.image.views else config.image.view_count - 1
-        return made * config.image.sample_steps
-    return config.train.steps
 
 
 class JobState(str, Enum):
@@ -272,12 +34,18 @@ class JobState(str, Enum):
 
 
 class JobResult(BaseModel):
-    vertices: int | None = Field(None, description="Mesh size (null for novel views).")
-    faces: int | None = None
+    """What a finished job made: its task's outputs (the kind's own fields, as in run.json), the
+    seconds it took and the files there are. The fields below are those of today's kinds; a new
+    kind's outputs come through as they are (extra fields are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
     seconds: float
-    threshold: float | None = Field(None, description="Density level of the surface (null for novel views).")
+    vertices: int | None = Field(None, description="Mesh size (the mesh kinds).")
+    faces: int | None = None
+    threshold: float | None = Field(None, description="Density level of the surface (the mesh kinds).")
     views: int | None = Field(None, description="Images made, view_00.png (the reference) included "
-                                                "(novel views only).")
+                                                "(novel views).")
     files: list[str] = Field(description="What GET /jobs/{id}/<file> serves, e.g. result.glb.")
 
 

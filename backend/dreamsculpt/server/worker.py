@@ -1,13 +1,13 @@
-"""The worker process: runs the engine (`pipeline.run`, any kind), one job at a time, for the
+"""The worker process: runs the engine (the task of a job's kind), one job at a time, for the
 server process.
 
 Torch lives here and only here, so the server keeps answering HTTP while a job takes both
 cores, a crash in the engine cannot take the server down, and stopping this process gives
 every byte of (V)RAM back. Messages over a multiprocessing Pipe:
 
-    server -> worker   ("run", job_id, config_dict, folder, resume) | ("exit",)
+    server -> worker   ("run", job_id, request_dict, folder, resume) | ("exit",)
     worker -> server   ("hello", info) | ("started", job_id) | ("progress", job_id, dict)
-                       | ("preview", job_id, step) | ("done", job_id, result_dict)
+                       | ("preview", job_id, step) | ("done", job_id, outputs, summary)
                        | ("failed", job_id, message, traceback_or_None) | ("cancelled", job_id)
                        | ("loaded", name, seconds) | ("models", names)
 
@@ -66,14 +66,16 @@ def _device_info(device: str) -> dict:
     return {"device": name, "torch": torch.__version__}
 
 
-def run_job(conn, cancel, models, job_id: str, config_dict: dict, folder: str, resume: bool,
-            parent_pid: int) -> None:
+def run_job(conn, cancel, models, job_id: str, request_dict: dict, folder: str, resume: bool,
+            parent_pid: int, device: str) -> None:
     import torch
+    from pydantic import TypeAdapter
 
-    from ..config import RunConfig
+    from ..callbacks import Callbacks
     from ..errors import CancelledError, DreamsculptError
-    from ..optimize import Callbacks
-    from ..pipeline import CHECKPOINT, run
+    from ..tasks import JobRequest, task_of
+    from ..tasks.stages import CHECKPOINT
+    from .store import INPUT_IMAGE
 
     folder = Path(folder)
     out = folder / "out"
@@ -92,13 +94,10 @@ def run_job(conn, cancel, models, job_id: str, config_dict: dict, folder: str, r
         return cancel.is_set() or os.getppid() != parent_pid
 
     try:
-        config = RunConfig.from_dict(config_dict)
-        result = run(config, out, Callbacks(on_progress, on_preview, should_cancel), resume, models)
-        if config.kind == "novel_views":
-            made = {"views": result.count}
-        else:
-            made = {"vertices": result.vertices, "faces": result.faces, "threshold": result.threshold}
-        conn.send(("done", job_id, {**made, "seconds": round(result.seconds, 2)}))
+        request = TypeAdapter(JobRequest).validate_python(request_dict)
+        result = task_of(request).run(request, out, Callbacks(on_progress, on_preview, should_cancel), models,
+                                      device=device, resume=resume, image=folder / INPUT_IMAGE)
+        conn.send(("done", job_id, {**result.outputs(), "seconds": round(result.seconds, 2)}, result.summary()))
     except CancelledError:
         conn.send(("cancelled", job_id))
     except DreamsculptError as exc:
@@ -125,7 +124,7 @@ def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
 
     models = ModelCache(on_load=lambda name, seconds: conn.send(("loaded", name, seconds)))
     conn.send(("hello", _device_info(device)))
-    from .. import pipeline  # noqa: F401 - imported while idle, so the first job starts at once
+    from .. import image_priors, priors  # noqa: F401 - the engine, imported while idle: the first job starts at once
     while True:
         try:
             message = conn.recv()
@@ -134,5 +133,5 @@ def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
         if message[0] == "exit":
             return
         if message[0] == "run":
-            _, job_id, config_dict, folder, resume = message
-            run_job(conn, cancel, models, job_id, config_dict, folder, resume, parent_pid)
+            _, job_id, request_dict, folder, resume = message
+            run_job(conn, cancel, models, job_id, request_dict, folder, resume, parent_pid, device)
