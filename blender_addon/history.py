@@ -12,8 +12,11 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty
 
 from .client import BackendError
 from .jobs import JobWatcher
-from .operators import POLL_S, WAIT_ITEMS, WATCHERS, finish, submit_image_job, tick
+from .operators import submit_image_job
 from .preferences import make_client, user_folder
+from .results import finish
+from .timer import WAIT_ITEMS, follow_with_timer
+from .watchers import POLL_S, is_followed
 
 
 class _HistoryOperator:
@@ -45,9 +48,7 @@ class DREAMSCULPT_OT_history_import(_HistoryOperator, bpy.types.Operator):
             return {"CANCELLED"}
         watcher = JobWatcher(client, entry.job_id, user_folder("previews"), poll_s=POLL_S, kind=entry.mode)
         if self.wait == "NO" or (self.wait == "AUTO" and not bpy.app.background):   # the timer imports
-            WATCHERS[entry.job_id] = (watcher.start(), context.scene.name)
-            if not bpy.app.timers.is_registered(tick):
-                bpy.app.timers.register(tick, first_interval=POLL_S)
+            follow_with_timer(entry.job_id, watcher, context.scene.name)
             return {"FINISHED"}
         snap = watcher.run_blocking()   # a finished job: one poll and its downloads
         level, message = finish(context, context.scene, entry.job_id, snap)
@@ -100,7 +101,7 @@ class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
             s.seed = random.randrange(2**31 - 1)
         if entry.mode == "text_to_3d":
             return bpy.ops.dreamsculpt.generate()
-        if s.job_id and s.job_id in WATCHERS:
+        if is_followed(s.job_id):
             self.report({"ERROR"}, "A job is already running in this scene: wait for it or cancel it.")
             return {"CANCELLED"}
         if not Path(entry.image_path).is_file():
