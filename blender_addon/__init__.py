@@ -5,9 +5,10 @@ and imported into the scene.
 The modules, in layers; each imports only from its own layer or the ones above it, and no
 import (counting those inside functions) closes a cycle (tests/test_addon_layers.py):
   1. without bpy: client, plymesh, cameras, jobs, backend_process (HTTP, job threads, meshes,
-     camera maths, the backend process), watchers (what the threads watch);
-  2. bpy, the parts: properties, preferences, capture, importer, job_requests;
-  3. bpy, the main thread's side of a job: results (snapshot into scene), timer;
+     camera maths, the backend process), job_requests (job bodies), watchers (what the
+     threads watch);
+  2. bpy, the parts: properties, preferences, capture, importer;
+  3. bpy, the main thread's side of a job: results (snapshot into scene), timer, submit;
   4. bpy, what the user touches: operators, history, panels.
 """
 

@@ -4,21 +4,19 @@ monitor); the timers in timer.py bring their results into the scene."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
-import uuid
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import backend_process
+from . import backend_process, capture
 from .client import BackendError
-from .job_requests import image_request_body, prepare_image, request_body
-from .jobs import JobWatcher, upload_and_submit
-from .preferences import make_client, start_backend, user_folder
-from .timer import MONITOR, WAIT_ITEMS, follow
-from .watchers import POLL_S, WATCHERS, is_followed
+from .job_requests import job_body
+from .preferences import make_client, start_backend
+from .submit import refuse_if_busy, submit_job
+from .timer import MONITOR, WAIT_ITEMS
+from .watchers import WATCHERS
 
 
 class DREAMSCULPT_OT_report(bpy.types.Operator):
@@ -33,29 +31,6 @@ class DREAMSCULPT_OT_report(bpy.types.Operator):
         return {"FINISHED"}
 
 
-def submit_image_job(op, context, image_path: str, body: dict, source: str, planes: bool, wait: str) -> set:
-    """Upload the image and submit `body` on the job's thread; a history entry records it all
-    (known by a local key until the backend gives the job's id)."""
-    s = context.scene.dreamsculpt
-    try:
-        client = make_client(context)
-    except BackendError as exc:
-        op.report({"ERROR"}, str(exc))
-        return {"CANCELLED"}
-    key = f"local-{uuid.uuid4().hex[:12]}"
-    entry = s.history.add()
-    entry.job_id, entry.mode, entry.source, entry.image_path = key, body["kind"], source, image_path
-    entry.request, entry.view_planes = json.dumps(body), planes
-    entry.prompt, entry.prior, entry.seed = body.get("prompt", ""), body["prior"], body["seed"]
-    entry.model, entry.preset = body.get("model", ""), body.get("preset", "")
-    entry.status, entry.created = "uploading", time.strftime("%Y-%m-%d %H:%M")
-    s.history_index = len(s.history) - 1
-    s.job_id, s.job_status, s.job_stage, s.job_step, s.job_total, s.last_error = key, "uploading", "", 0, 0, ""
-    watcher = JobWatcher(client, "", user_folder("previews"), poll_s=POLL_S, kind=body["kind"],
-                         submit=upload_and_submit(client, image_path, body))
-    return follow(op, context, watcher, key, wait)
-
-
 class DREAMSCULPT_OT_generate(bpy.types.Operator):
     """Make the panel's mode from its settings: a mesh from the prompt, or a mesh or novel
     views from the active camera's render or an image file"""
@@ -65,32 +40,17 @@ class DREAMSCULPT_OT_generate(bpy.types.Operator):
 
     def execute(self, context):
         s = context.scene.dreamsculpt
-        if is_followed(s.job_id):
-            self.report({"ERROR"}, "A job is already running in this scene: wait for it or cancel it.")
+        if refuse_if_busy(self, s):
             return {"CANCELLED"}
+        image = None
         if s.mode != "text_to_3d":
             try:
-                image_path, source, camera, depth = prepare_image(context, s)
+                image = capture.job_image(context, s)
             except BackendError as exc:   # nothing in the scene changes
                 self.report({"ERROR"}, str(exc))
                 return {"CANCELLED"}
-            return submit_image_job(self, context, image_path, image_request_body(s, camera, depth), source,
-                                    s.view_planes and s.mode == "novel_views", self.wait)
-        try:
-            client = make_client(context)
-            job = client.submit(request_body(s))
-        except BackendError as exc:   # nothing in the scene changes
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        entry = s.history.add()
-        entry.job_id, entry.prompt, entry.negative, entry.prior = job["id"], s.prompt, s.negative, s.prior
-        entry.model = s.model if s.prior == "sd" else ""
-        entry.references, entry.preset, entry.seed = s.references, s.preset, s.seed
-        entry.status, entry.created = job["status"], time.strftime("%Y-%m-%d %H:%M")
-        s.history_index = len(s.history) - 1
-        s.job_id, s.job_status, s.job_step, s.job_total, s.last_error = job["id"], job["status"], 0, job["total"], ""
-        watcher = JobWatcher(client, job["id"], user_folder("previews"), poll_s=POLL_S)
-        return follow(self, context, watcher, job["id"], self.wait)
+        body = job_body(s, image, bpy.path.abspath)
+        return submit_job(self, context, body, image, s.view_planes and s.mode == "novel_views", self.wait)
 
 
 class DREAMSCULPT_OT_cancel(bpy.types.Operator):

@@ -18,7 +18,7 @@ import trimesh
 from server_harness import tiny_job
 
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
-BPY_FREE = ("client", "plymesh", "jobs", "backend_process", "cameras", "watchers")
+BPY_FREE = ("client", "plymesh", "jobs", "backend_process", "cameras", "job_requests", "watchers")
 
 
 def _load(name: str):

@@ -10,9 +10,9 @@ from pathlib import Path
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
 #: blender_addon/__init__.py's layers: a module imports from its own layer or a lower number.
 LAYERS = {
-    **dict.fromkeys(("client", "plymesh", "cameras", "jobs", "backend_process", "watchers"), 1),
-    **dict.fromkeys(("properties", "preferences", "capture", "importer", "job_requests"), 2),
-    **dict.fromkeys(("results", "timer"), 3),
+    **dict.fromkeys(("client", "plymesh", "cameras", "jobs", "backend_process", "job_requests", "watchers"), 1),
+    **dict.fromkeys(("properties", "preferences", "capture", "importer"), 2),
+    **dict.fromkeys(("results", "timer", "submit"), 3),
     **dict.fromkeys(("operators", "history", "panels"), 4),
     "__init__": 5,
 }
