@@ -2,15 +2,28 @@
 novel views) from a sidebar panel, made by the Dreamsculpt job server (`dreamsculpt serve`)
 and imported into the scene.
 
-Modules without bpy (client, jobs, plymesh, cameras, backend_process) talk HTTP, follow jobs,
-read meshes and do the camera maths; the bpy modules (properties, preferences, job_requests,
-capture, operators, history, panels, importer) capture the camera, show state and build
-Blender data on the main thread.
+The modules, in layers; each imports only from its own layer or the ones above it, and no
+import (counting those inside functions) closes a cycle (tests/test_addon_layers.py):
+  1. without bpy: client, plymesh, cameras, jobs, backend_process (HTTP, job threads, meshes,
+     camera maths, the backend process), job_requests (job bodies), watchers (what the
+     threads watch);
+  2. bpy, the parts: properties, preferences, capture, importer;
+  3. bpy, the main thread's side of a job: results (snapshot into scene), timer, submit;
+  4. bpy, what the user touches: operators, history, panels.
 """
 
 import bpy
 
-from . import backend_process, history, operators, panels, preferences, properties
+from . import (
+    backend_process,
+    history,
+    operators,
+    panels,
+    preferences,
+    properties,
+    results,
+    timer,
+)
 
 
 @bpy.app.handlers.persistent
@@ -19,7 +32,7 @@ def _auto_start(*_args) -> None:
         prefs = preferences.preferences()
     except KeyError:
         return
-    if prefs.auto_start and not backend_process.running() and operators.MONITOR.check_now().kind == "not_running":
+    if prefs.auto_start and not backend_process.running() and timer.MONITOR.check_now().kind == "not_running":
         try:
             preferences.start_backend()
         except Exception as exc:  # noqa: BLE001 - never break Blender's start-up
@@ -29,6 +42,8 @@ def _auto_start(*_args) -> None:
 def register() -> None:
     properties.register()
     bpy.utils.register_class(preferences.DreamsculptPreferences)
+    results.register()
+    timer.register()
     operators.register()
     history.register()
     panels.register()
@@ -45,6 +60,8 @@ def unregister() -> None:
     panels.unregister()
     history.unregister()
     operators.unregister()
+    timer.unregister()
+    results.unregister()
     bpy.utils.unregister_class(preferences.DreamsculptPreferences)
     properties.unregister()
     backend_process.stop()

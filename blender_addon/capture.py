@@ -1,10 +1,12 @@
-"""Rendering the active camera for the image modes: a transparent-film PNG (RGBA, 8 bit; the
-alpha is the object's mask), its CameraSpec, and the depth of what it sees. Main thread only
-(one short render, like F12 but with few samples); every render setting it touches is put back.
+"""The picture of an image job: the active camera rendered into a transparent-film PNG (RGBA,
+8 bit; the alpha is the object's mask) with its CameraSpec and the depth of what it sees, or a
+picked file, checked first. Main thread only (one short render, like F12 but with few
+samples); every render setting it touches is put back.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
 from . import cameras
-from .client import BackendError
+from .client import BackendError, image_type
+from .job_requests import JobImage
+from .preferences import user_folder
 
 #: Object types with geometry a render shows.
 SOLID_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
@@ -131,3 +135,26 @@ def capture(scene, path: Path, longest: int = 512, samples: int = 16) -> tuple[c
     depth = cameras.depth(spec.location, visible_corners(scene, camera, depsgraph))
     render_camera(scene, path, longest, samples)
     return spec, depth
+
+
+def job_image(context, s) -> JobImage:
+    """The picture the settings `s` point at: the active camera, rendered into the add-on's
+    captures folder (kept for Run Again), or the picked file once it reads as an image."""
+    if s.image_source == "CAMERA":
+        camera = active_camera(context.scene)
+        name = bpy.path.clean_name(camera.name)
+        path = user_folder("captures") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.png"
+        spec, depth = capture(context.scene, path, s.capture_size, s.capture_samples)
+        return JobImage(str(path), camera.name, spec.to_json(), depth)
+    if not s.image_path.strip():
+        raise BackendError("No image file is picked: choose one in the Image field, or use the active camera.")
+    path = Path(bpy.path.abspath(s.image_path))
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError as exc:
+        raise BackendError(f"The image file {path} cannot be read ({exc.strerror}). Pick another one.") from None
+    if image_type(head) is None:
+        raise BackendError(f"{path.name} is not a PNG, JPEG or WebP image. Pick an image file (with alpha, or on "
+                           "a plain background), or use the active camera.")
+    return JobImage(str(path), path.name)

@@ -1,5 +1,7 @@
 """The history operators: import a job's result again, run it again (same or new seed), copy
-its prompt back into the editor, delete it (on the backend too)."""
+its prompt back into the editor, delete it (on the backend too). Run Again puts the job's
+settings back into the editor and sends what the editor then makes (job_requests.job_body),
+the path Generate takes."""
 
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty
 
 from .client import BackendError
+from .job_requests import JobImage, job_body, prompt_to_settings, to_settings
 from .jobs import JobWatcher
-from .operators import POLL_S, WAIT_ITEMS, WATCHERS, finish, submit_image_job, tick
 from .preferences import make_client, user_folder
+from .results import finish
+from .submit import refuse_if_busy, submit_job
+from .timer import WAIT_ITEMS, follow_with_timer
+from .watchers import POLL_S
 
 
 class _HistoryOperator:
@@ -45,9 +51,7 @@ class DREAMSCULPT_OT_history_import(_HistoryOperator, bpy.types.Operator):
             return {"CANCELLED"}
         watcher = JobWatcher(client, entry.job_id, user_folder("previews"), poll_s=POLL_S, kind=entry.mode)
         if self.wait == "NO" or (self.wait == "AUTO" and not bpy.app.background):   # the timer imports
-            WATCHERS[entry.job_id] = (watcher.start(), context.scene.name)
-            if not bpy.app.timers.is_registered(tick):
-                bpy.app.timers.register(tick, first_interval=POLL_S)
+            follow_with_timer(entry.job_id, watcher, context.scene.name)
             return {"FINISHED"}
         snap = watcher.run_blocking()   # a finished job: one poll and its downloads
         level, message = finish(context, context.scene, entry.job_id, snap)
@@ -55,33 +59,41 @@ class DREAMSCULPT_OT_history_import(_HistoryOperator, bpy.types.Operator):
         return {"FINISHED"} if snap.has_result else {"CANCELLED"}
 
 
+def recorded_body(entry, s) -> dict:
+    """The body a history entry's job was sent with (for an image job, without the image's id).
+    A text entry from before bodies were recorded gets one from its fields, with the editor's
+    current steps, guidance and mesh settings (what Run Again used then)."""
+    if entry.request:
+        return {"kind": entry.mode, **json.loads(entry.request)}
+    body = {"kind": entry.mode, "seed": entry.seed}
+    if entry.mode == "text_to_3d":
+        body.update(prompt=entry.prompt, negative=entry.negative, prior=entry.prior, preset=entry.preset,
+                    steps=s.steps, guidance_scale=s.guidance_scale,
+                    mesh={"resolution": s.mesh_resolution, "threshold": s.threshold})
+        body.update({key: value for key, value in (("model", entry.model), ("references", entry.references))
+                     if value})
+    return body
+
+
 def to_editor(entry, s, settings_too: bool) -> None:
-    """Put a history entry's prompt and seed back into the editor; with `settings_too`, also its
-    mode and settings (prior, model, reference folder or image source, preset...) to run it again."""
-    s.seed = entry.seed
-    if entry.mode == "text_to_3d":
-        s.prompt, s.negative = entry.prompt, entry.negative
-    else:
-        s.image_prompt = entry.prompt
+    """Put a history entry's prompt and seed back into the editor; with `settings_too`, every
+    setting its body was made from (mode, prior, model, image source, preset, steps...), so
+    that the editor makes the same body again (job_requests.to_settings)."""
+    body = recorded_body(entry, s)
     if not settings_too:
+        prompt_to_settings(body, s)
         return
-    s.mode = entry.mode
-    if entry.mode == "text_to_3d":
-        s.prior = entry.prior
-        s.model = entry.model or s.model
-        s.references = entry.references or s.references
-        s.preset = entry.preset or s.preset
-        return
+    to_settings(body, s)
+    if entry.mode != "text_to_3d":
+        s.view_planes = entry.view_planes
+        if s.image_source == "FILE":
+            s.image_path = entry.image_path
+
+
+def entry_image(entry) -> JobImage:
+    """An image job's picture as it was sent: its file, and the camera recorded in its body."""
     body = json.loads(entry.request or "{}")
-    s.image_prior = body.get("prior", s.image_prior)
-    s.zero123_model = body.get("model") or s.zero123_model
-    s.preset = body.get("preset") or s.preset
-    s.view_count, s.autoregressive = body.get("count", s.view_count), body.get("autoregressive", False)
-    s.text_weight, s.view_planes = body.get("text_weight", 0.0), entry.view_planes
-    if "camera" in body:
-        s.image_source = "CAMERA"
-    else:
-        s.image_source, s.image_path = "FILE", entry.image_path
+    return JobImage(entry.image_path, entry.source, body.get("camera"), body.get("depth"))
 
 
 class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
@@ -98,17 +110,17 @@ class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
         to_editor(entry, s, settings_too=True)
         if self.new_seed:
             s.seed = random.randrange(2**31 - 1)
-        if entry.mode == "text_to_3d":
-            return bpy.ops.dreamsculpt.generate()
-        if s.job_id and s.job_id in WATCHERS:
-            self.report({"ERROR"}, "A job is already running in this scene: wait for it or cancel it.")
+        if refuse_if_busy(self, s):
             return {"CANCELLED"}
-        if not Path(entry.image_path).is_file():
-            self.report({"ERROR"}, f"This job's image ({entry.image_path}) is gone. Capture or pick the image again "
-                                   "and press Generate.")
-            return {"CANCELLED"}
-        body = {**json.loads(entry.request), "seed": s.seed}
-        return submit_image_job(self, context, entry.image_path, body, entry.source, entry.view_planes, "AUTO")
+        image = None
+        if entry.mode != "text_to_3d":
+            if not Path(entry.image_path).is_file():
+                self.report({"ERROR"}, f"This job's image ({entry.image_path}) is gone. Capture or pick the image "
+                                       "again and press Generate.")
+                return {"CANCELLED"}
+            image = entry_image(entry)
+        body = job_body(s, image, bpy.path.abspath)
+        return submit_job(self, context, body, image, entry.view_planes, "AUTO")
 
 
 class DREAMSCULPT_OT_history_copy_prompt(_HistoryOperator, bpy.types.Operator):

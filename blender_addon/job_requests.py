@@ -1,90 +1,163 @@
-"""What a job asks for: the POST /jobs body of each mode from the panel's settings, and the
-image of an image job (the active camera's capture, or a picked file, checked first)."""
+"""What a job asks for: the POST /jobs body of every kind, made from the panel's settings, and
+the settings put back from a body (Run Again, Edit Prompt). No `bpy`: `s` is any object with
+the attributes of properties.DreamsculptSettings (a SimpleNamespace in the tests).
+
+The body mirrors the backend's request models (dreamsculpt.server.schemas, moving to
+dreamsculpt.requests) part for part: `_run` is _Run, `_optimised` is _Optimised (with
+MeshOptions), `_from_image` is _FromImage (with CameraSpec), and each kind adds its own
+fields. A setting at 0 (steps, guidance scale, mesh resolution, threshold) is left out, so
+the backend's default applies. tests/test_addon_requests.py validates every kind's body
+against its model.
+"""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import bpy
+KINDS = ("text_to_3d", "image_to_3d", "novel_views")
+IMAGE_KINDS = ("image_to_3d", "novel_views")
 
-from . import capture
-from .client import BackendError, image_type
-from .preferences import user_folder
+#: Fields of each request model the panel never sets (the backend's defaults apply), so that
+#: with the fields the builder emits they name every field of the model. "image" is the
+#: uploaded picture's id, added on the job's thread (jobs.upload_and_submit).
+BACKEND_DEFAULTS = {
+    "text_to_3d": frozenset({"fp16", "resolution"}),
+    "image_to_3d": frozenset({"fp16", "resolution", "variant", "text_model", "image"}),
+    "novel_views": frozenset({"fp16", "variant", "views", "neighbours", "image"}),
+}
 
 
-def request_body(s) -> dict:
-    """The POST /jobs body of a text job for the panel's settings."""
-    body = {"kind": "text_to_3d", "prompt": s.prompt, "negative": s.negative, "prior": s.prior,
-            "seed": s.seed, "preset": s.preset}
-    if s.prior == "sd":
-        body["model"] = s.model
-    if s.prior == "references":
-        body["references"] = bpy.path.abspath(s.references)
-    if s.steps:
-        body["steps"] = s.steps
-    if s.guidance_scale:
-        body["guidance_scale"] = s.guidance_scale
-    _mesh_options(s, body)
+def _same(path: str) -> str:
+    return path
+
+
+@dataclass
+class JobImage:
+    """The picture of an image job: the file sent, what it came from, and how it was seen."""
+
+    path: str                       # the capture, or the picked file (absolute)
+    source: str                     # the camera's name, or the file's
+    camera: dict | None = None      # a capture: the camera's CameraSpec (JSON); None: a picked file
+    depth: float | None = None      # a capture: camera to visible objects, world units (None: unknown)
+
+
+def job_body(s, image: JobImage | None = None, abspath: Callable[[str], str] = _same) -> dict:
+    """The POST /jobs body of the settings' mode (`s.mode`), without "image" (the upload's id,
+    added when the image has been sent). An image kind needs `image`; `abspath` turns a
+    Blender path ("//refs") into the absolute path the backend reads."""
+    if s.mode not in KINDS:
+        raise ValueError(f"unknown mode {s.mode!r}; expected one of {', '.join(KINDS)}")
+    body = _run(s)
+    if s.mode == "text_to_3d":
+        body.update(_text(s, abspath), **_optimised(s))
+    elif image is None:
+        raise ValueError(f"a {s.mode} job needs its image (a capture or a picked file)")
+    elif s.mode == "image_to_3d":
+        body.update(_from_image(s, image), **_optimised(s), **_image_to_3d(s))
+    else:
+        body.update(_from_image(s, image), **_novel_views(s))
     return body
 
 
-def _mesh_options(s, body: dict) -> None:
+def _run(s) -> dict:
+    """_Run: what every kind has."""
+    body = {"kind": s.mode, "seed": s.seed}
+    if s.guidance_scale:
+        body["guidance_scale"] = s.guidance_scale
+    return body
+
+
+def _optimised(s) -> dict:
+    """_Optimised: the kinds that optimise a field and mesh it (MeshOptions under "mesh")."""
+    body = {"preset": s.preset}
+    if s.steps:
+        body["steps"] = s.steps
     body["mesh"] = {}
     if s.mesh_resolution:
         body["mesh"]["resolution"] = s.mesh_resolution
     if s.threshold:
         body["mesh"]["threshold"] = s.threshold
-
-
-def image_request_body(s, camera: dict | None, depth: float | None) -> dict:
-    """The POST /jobs body of an image job (without "image", the uploaded sha): the camera
-    that took the picture (CameraSpec and depth), or, for a file, the view it was taken from."""
-    body = {"kind": s.mode, "prior": s.image_prior, "seed": s.seed}
-    if s.image_prior == "zero123":
-        body["model"] = s.zero123_model
-    if camera is not None:
-        body["camera"] = camera
-        if depth:
-            body["depth"] = depth
-    else:
-        body["elevation_deg"], body["azimuth_deg"], body["fov_deg"] = s.elevation, s.azimuth, s.fov
-    if s.guidance_scale:
-        body["guidance_scale"] = s.guidance_scale
-    if s.mode == "image_to_3d":
-        body["preset"] = s.preset
-        if s.steps:
-            body["steps"] = s.steps
-        if s.image_prompt.strip():
-            body["prompt"] = s.image_prompt
-        if s.text_weight:
-            body["text_weight"] = s.text_weight
-        _mesh_options(s, body)
-    else:
-        body["count"], body["autoregressive"] = s.view_count, s.autoregressive
-        if s.steps:
-            body["steps"] = s.steps   # denoising steps per view
     return body
 
 
-def prepare_image(context, s) -> tuple[str, str, dict | None, float | None]:
-    """The image of an image job: (path, source name, CameraSpec dict or None, depth or None).
-    The active camera is rendered into the add-on's captures folder (kept for Run Again)."""
-    if s.image_source == "CAMERA":
-        camera = capture.active_camera(context.scene)
-        name = bpy.path.clean_name(camera.name)
-        path = user_folder("captures") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.png"
-        spec, depth = capture.capture(context.scene, path, s.capture_size, s.capture_samples)
-        return str(path), camera.name, spec.to_json(), depth
-    if not s.image_path.strip():
-        raise BackendError("No image file is picked: choose one in the Image field, or use the active camera.")
-    path = Path(bpy.path.abspath(s.image_path))
-    try:
-        with open(path, "rb") as file:
-            head = file.read(16)
-    except OSError as exc:
-        raise BackendError(f"The image file {path} cannot be read ({exc.strerror}). Pick another one.") from None
-    if image_type(head) is None:
-        raise BackendError(f"{path.name} is not a PNG, JPEG or WebP image. Pick an image file (with alpha, or on "
-                           "a plain background), or use the active camera.")
-    return str(path), path.name, None, None
+def _text(s, abspath: Callable[[str], str]) -> dict:
+    """TextTo3DRequest's own fields."""
+    body = {"prompt": s.prompt, "negative": s.negative, "prior": s.prior}
+    if s.prior == "sd":
+        body["model"] = s.model
+    if s.prior == "references":
+        body["references"] = abspath(s.references)
+    return body
+
+
+def _from_image(s, image: JobImage) -> dict:
+    """_FromImage: the prior, and the camera of a capture or the view a picked file was taken from."""
+    body = {"prior": s.image_prior}
+    if s.image_prior == "zero123":
+        body["model"] = s.zero123_model
+    if image.camera is not None:
+        body["camera"] = image.camera
+        if image.depth:
+            body["depth"] = image.depth
+    else:
+        body["elevation_deg"], body["azimuth_deg"], body["fov_deg"] = s.elevation, s.azimuth, s.fov
+    return body
+
+
+def _image_to_3d(s) -> dict:
+    """ImageTo3DRequest's own fields: text guidance next to the image's."""
+    body = {}
+    if s.image_prompt.strip():
+        body["prompt"] = s.image_prompt
+    if s.text_weight:
+        body["text_weight"] = s.text_weight
+    return body
+
+
+def _novel_views(s) -> dict:
+    """NovelViewsRequest's own fields (its steps are denoising steps per view)."""
+    body = {"count": s.view_count, "autoregressive": s.autoregressive}
+    if s.steps:
+        body["steps"] = s.steps
+    return body
+
+
+def prompt_to_settings(body: dict, s) -> None:
+    """Edit Prompt: a body's prompt (and negative prompt) and seed back into the settings."""
+    s.seed = body.get("seed", s.seed)
+    if body.get("kind", "text_to_3d") == "text_to_3d":
+        s.prompt, s.negative = body.get("prompt", ""), body.get("negative", "")
+    else:
+        s.image_prompt = body.get("prompt", "")
+
+
+def to_settings(body: dict, s) -> None:
+    """Run Again: put back every setting the body was made from, so that job_body(s, the same
+    image) makes the same body; settings the kind does not use are left alone. The image
+    itself (path, camera) stays with the history entry: only its source and a file's view
+    are settings."""
+    prompt_to_settings(body, s)
+    s.mode = kind = body.get("kind", "text_to_3d")
+    s.guidance_scale, s.steps = body.get("guidance_scale", 0.0), body.get("steps", 0)
+    if kind != "novel_views":
+        mesh = body.get("mesh", {})
+        s.mesh_resolution, s.threshold = mesh.get("resolution", 0), mesh.get("threshold", 0.0)
+        s.preset = body.get("preset") or s.preset
+    if kind == "text_to_3d":
+        s.prior = body.get("prior", s.prior)
+        s.model = body.get("model") or s.model
+        s.references = body.get("references") or s.references
+        return
+    s.image_prior = body.get("prior", s.image_prior)
+    s.zero123_model = body.get("model") or s.zero123_model
+    if "camera" in body:
+        s.image_source = "CAMERA"
+    else:
+        s.image_source = "FILE"
+        s.elevation, s.azimuth = body.get("elevation_deg", s.elevation), body.get("azimuth_deg", s.azimuth)
+        s.fov = body.get("fov_deg", s.fov)
+    if kind == "image_to_3d":
+        s.text_weight = body.get("text_weight", 0.0)
+    else:
+        s.view_count, s.autoregressive = body.get("count", s.view_count), body.get("autoregressive", False)

@@ -4,26 +4,11 @@ what the background threads last found, and asks them to look again."""
 from __future__ import annotations
 
 import bpy
-import bpy.utils.previews
 
 from . import backend_process
-from .operators import MONITOR, WATCHERS
-
-_previews = None   # bpy.utils.previews collection of live job previews
-_shown: dict[str, int] = {}   # job id -> preview version loaded
-
-
-def show_preview(scene, job_id: str, path: str, version: int) -> None:
-    """Load a new live preview picture (main thread, from the poll timer)."""
-    if _previews is None or _shown.get(job_id) == version:
-        return
-    if job_id in _previews:
-        _previews[job_id].reload()   # same file, new picture
-    else:
-        _previews.load(job_id, path, "IMAGE")
-    _shown[job_id] = version
-    scene.dreamsculpt.preview_image = job_id
-
+from .results import preview_icon
+from .timer import MONITOR
+from .watchers import is_followed
 
 BACKEND_STATES = {
     "checking": ("TIME", "Checking the backend…"),
@@ -76,8 +61,9 @@ def draw_progress(layout, s) -> None:
     eta = f" · ETA {s.job_eta:.0f} s" if s.job_eta > 0 else ""
     text = f"{s.job_stage or s.job_status} {s.job_step}/{s.job_total}{eta}"
     layout.progress(factor=min(s.job_step / total, 1.0), type="BAR", text=text)
-    if _previews is not None and s.preview_image in _previews:
-        layout.template_icon(icon_value=_previews[s.preview_image].icon_id, scale=8.0)
+    icon = preview_icon(s.preview_image)
+    if icon:
+        layout.template_icon(icon_value=icon, scale=8.0)
     layout.operator("dreamsculpt.cancel", icon="CANCEL")
 
 
@@ -140,8 +126,7 @@ class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
         row.operator("dreamsculpt.randomize_seed", text="", icon="FILE_REFRESH")
         if s.mode != "novel_views":
             col.prop(s, "preset")
-        running = bool(s.job_id) and s.job_id in WATCHERS
-        if running:
+        if is_followed(s.job_id):
             draw_progress(layout, s)
         else:
             row = layout.row()
@@ -232,17 +217,10 @@ CLASSES = (VIEW3D_PT_dreamsculpt, VIEW3D_PT_dreamsculpt_advanced, DREAMSCULPT_UL
 
 
 def register() -> None:
-    global _previews
-    _previews = bpy.utils.previews.new()
     for cls in CLASSES:
         bpy.utils.register_class(cls)
 
 
 def unregister() -> None:
-    global _previews
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)
-    if _previews is not None:
-        bpy.utils.previews.remove(_previews)
-        _previews = None
-    _shown.clear()

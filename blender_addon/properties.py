@@ -50,7 +50,7 @@ class DreamsculptHistoryEntry(bpy.types.PropertyGroup):
     source: StringProperty(name="Source", description="Image modes: the camera's name, or the file's")
     image_path: StringProperty(name="Image", description="Image modes: the image sent (the capture, or the "
                                                          "picked file)")
-    request: StringProperty(name="Request", description="Image modes: the job's body (JSON) without the image")
+    request: StringProperty(name="Request", description="The job's body (JSON; image modes without the image's id)")
     view_planes: BoolProperty(name="Image Planes")
 
 

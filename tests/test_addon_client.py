@@ -1,4 +1,4 @@
-"""The add-on's modules that have no bpy (client, plymesh, jobs, backend_process), tested
+"""The add-on's modules that have no bpy (client, plymesh, jobs, backend_process, watchers), tested
 without Blender, against a real `dreamsculpt serve` where they talk to one."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import trimesh
 from server_harness import tiny_job
 
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
-BPY_FREE = ("client", "plymesh", "jobs", "backend_process", "cameras")
+BPY_FREE = ("client", "plymesh", "jobs", "backend_process", "cameras", "job_requests", "watchers")
 
 
 def _load(name: str):
@@ -31,7 +31,7 @@ def _load(name: str):
 
 
 client_mod, plymesh, jobs = _load("client"), _load("plymesh"), _load("jobs")
-backend_process, cameras = _load("backend_process"), _load("cameras")
+backend_process, cameras, watchers = _load("backend_process"), _load("cameras"), _load("watchers")
 
 
 def test_these_modules_import_without_bpy():
@@ -79,6 +79,17 @@ def test_backend_states(server):
     assert mismatch.kind == "version_mismatch" and "pip install" in mismatch.message
     down = client_mod.Client("http://127.0.0.1:9", "x").state(version)
     assert down.kind == "not_running" and "dreamsculpt serve" in down.message
+
+
+def test_the_backend_monitor_says_why_it_cannot_connect():
+    def no_client():
+        raise client_mod.BackendError("Online access is off.")
+
+    offline = watchers.BackendMonitor(no_client, lambda: "0.1.0")
+    offline.refresh()                       # no client: no thread, the state at once
+    assert offline.state.kind == "offline" and offline.dirty and "Online access" in offline.state.message
+    down = watchers.BackendMonitor(lambda: client_mod.Client("http://127.0.0.1:9", "x"), lambda: "0.1.0")
+    assert down.check_now().kind == "not_running" and down.state.kind == "not_running"
 
 
 def test_submit_errors_say_what_is_wrong(server):

@@ -88,14 +88,14 @@ DESCRIBE_RESULT = '''
 def test_generate_with_the_timer_imports_a_coloured_mesh_and_undo_removes_it(addon_zip, server, tmp_path):
     out = run_in_blender(script(f'''
         install({addon_zip!r})
-        operators = addon_module("operators")
+        timer, watchers = addon_module("timer"), addon_module("watchers")
     ''', SET_UP_JOB.format(url=server.url), DESCRIBE_RESULT, '''
         status = bpy.ops.dreamsculpt.generate(wait="NO")
         job_id = s.job_id
         ticks, seen_running, deadline = [], False, time.monotonic() + 120
-        while operators.WATCHERS and time.monotonic() < deadline:
+        while watchers.WATCHERS and time.monotonic() < deadline:
             t0 = time.perf_counter()
-            operators.tick()
+            timer.tick()
             ticks.append(1e3 * (time.perf_counter() - t0))
             seen_running = seen_running or s.job_status == "running"
             time.sleep(0.05)
@@ -186,7 +186,7 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
     RNA (method names, keyword names, and that prop() names a real property)."""
     out = run_in_blender(f'''
         install({addon_zip!r})
-        operators, panels = addon_module("operators"), addon_module("panels")
+        timer, watchers, panels = addon_module("timer"), addon_module("watchers"), addon_module("panels")
         client = addon_module("client")
         functions = bpy.types.UILayout.bl_rna.functions
         calls = []
@@ -238,9 +238,9 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
         for kind in states:
             for index, (mode, prior, source, camera_type) in enumerate(combos):
                 for running in (False, True):
-                    operators.MONITOR.state = client.BackendState(kind, "a message " * 12,
-                                                                  {{"device": "cpu", "models": ["m"], "queue": 2}})
-                    operators.MONITOR.checked_at = time.monotonic()    # no refresh thread
+                    timer.MONITOR.state = client.BackendState(kind, "a message " * 12,
+                                                              {{"device": "cpu", "models": ["m"], "queue": 2}})
+                    timer.MONITOR.checked_at = time.monotonic()    # no refresh thread
                     s.mode, s.image_source, s.last_error = mode, source, ("an error" if running else "")
                     if mode == "text_to_3d":
                         s.prior = prior
@@ -252,7 +252,7 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                     s.history_index = index % 3
                     s.job_id = "20261121-093512-4f2a9c" if running else ""
                     if running:
-                        operators.WATCHERS[s.job_id] = (None, bpy.context.scene.name)
+                        watchers.WATCHERS[s.job_id] = (None, bpy.context.scene.name)
                         s.job_total, s.job_step, s.job_eta = 100, 40, 12.0
                     for panel in (panels.VIEW3D_PT_dreamsculpt, panels.VIEW3D_PT_dreamsculpt_advanced,
                                   panels.VIEW3D_PT_dreamsculpt_history):
@@ -260,7 +260,7 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                     entry = s.history[s.history_index]
                     panels.DREAMSCULPT_UL_history.draw_item(None, bpy.context, Layout(), s, entry, 0, s,
                                                             "history_index", 0)
-                    operators.WATCHERS.clear()
+                    watchers.WATCHERS.clear()
                     drawn.append(kind)
         result(drawn=len(drawn), calls=sorted(set(calls)))
     ''', tmp_path)
@@ -303,17 +303,17 @@ def test_history_import_again_rerun_copy_prompt_and_delete(addon_zip, server, tm
 def test_cancel_from_the_panel_stops_the_job_and_imports_nothing(addon_zip, server, tmp_path):
     out = run_in_blender(script(f'''
         install({addon_zip!r})
-        operators = addon_module("operators")
+        timer, watchers = addon_module("timer"), addon_module("watchers")
     ''', SET_UP_JOB.format(url=server.url), '''
         s.steps = 5000
         bpy.ops.dreamsculpt.generate(wait="NO")
         deadline = time.monotonic() + 60
         while s.job_step < 3 and time.monotonic() < deadline:
-            operators.tick()
+            timer.tick()
             time.sleep(0.05)
         cancel = bpy.ops.dreamsculpt.cancel()
-        while operators.WATCHERS and time.monotonic() < deadline + 60:
-            operators.tick()
+        while watchers.WATCHERS and time.monotonic() < deadline + 60:
+            timer.tick()
             time.sleep(0.05)
         result(cancel=list(cancel), status=s.history[0].status, running=s.job_id,
                unchanged=sorted(o.name for o in bpy.data.objects) == objects_before)

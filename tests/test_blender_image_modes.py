@@ -106,9 +106,9 @@ def test_camera_image_to_3d_lines_up_with_what_the_camera_saw(addon_zip, server,
         entry = s.history[0]
         s.replace_previous = True
         again = bpy.ops.dreamsculpt.history_import(index=0, wait="NO")   # Import Again, through the timer
-        operators, deadline = addon_module("operators"), time.monotonic() + 60
-        while operators.WATCHERS and time.monotonic() < deadline:
-            operators.tick()
+        timer, watchers, deadline = addon_module("timer"), addon_module("watchers"), time.monotonic() + 60
+        while watchers.WATCHERS and time.monotonic() < deadline:
+            timer.tick()
             time.sleep(0.05)
         twin = bpy.data.objects[entry.object_name]
         result(status=list(status), count=len(new), iou=iou(cube_mask, result_mask), cube_pixels=len(cube_mask),
@@ -144,15 +144,15 @@ def test_novel_views_come_back_as_packed_images_and_image_planes(addon_zip, serv
     Then the same picture as a picked file: no camera is sent, the orbit fields are."""
     out = run_in_blender(script(f'''
         install({addon_zip!r})
-        operators = addon_module("operators")
+        timer, watchers = addon_module("timer"), addon_module("watchers")
     ''', CUBE_SCENE, USE_SERVER.format(url=server.url), '''
         s.mode, s.image_source, s.image_prior, s.seed = "novel_views", "CAMERA", "builtin", 2
         s.view_count, s.steps, s.view_planes, s.capture_size = 4, 4, True, 256
         bpy.ops.ed.undo_push(message="before Dreamsculpt")
         status = bpy.ops.dreamsculpt.generate(wait="NO")
         keys, deadline = [s.job_id], time.monotonic() + 120
-        while operators.WATCHERS and time.monotonic() < deadline:
-            operators.tick()
+        while watchers.WATCHERS and time.monotonic() < deadline:
+            timer.tick()
             keys.append(s.job_id)
             time.sleep(0.05)
         entry = s.history[0]

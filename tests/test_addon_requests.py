@@ -1,0 +1,137 @@
+"""One contract per kind: the body the add-on's builder (blender_addon/job_requests.py) makes
+from the panel's settings is one the backend's request model accepts, for every kind the
+history can hold, and Run Again's settings make the same body again. No bpy, no server."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+# The backend's request models; they may move to dreamsculpt.requests (same fields).
+from dreamsculpt.server.schemas import (
+    CameraSpec,
+    ImageTo3DRequest,
+    MeshOptions,
+    NovelViewsRequest,
+    TextTo3DRequest,
+)
+
+ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
+MODELS = {"text_to_3d": TextTo3DRequest, "image_to_3d": ImageTo3DRequest, "novel_views": NovelViewsRequest}
+#: What POST /images returns and jobs.upload_and_submit adds to an image job's body.
+IMAGE_ID = "ab" * 32
+
+
+def _load(name: str):
+    """Import blender_addon.<name> without running the package's __init__ (which needs bpy)."""
+    if "addon" not in sys.modules:
+        package = types.ModuleType("addon")
+        package.__path__ = [str(ADDON)]
+        sys.modules["addon"] = package
+    return importlib.import_module(f"addon.{name}")
+
+
+job_requests, cameras = _load("job_requests"), _load("cameras")
+
+
+def panel(**changes) -> SimpleNamespace:
+    """The panel's settings as a fresh scene has them (properties.DreamsculptSettings' defaults)."""
+    defaults = {"mode": "text_to_3d", "prompt": "a red cube", "negative": "", "prior": "builtin",
+                "model": "stabilityai/stable-diffusion-2-1-base", "references": "", "seed": 0, "preset": "standard",
+                "steps": 0, "guidance_scale": 0.0, "mesh_resolution": 0, "threshold": 0.0, "image_source": "CAMERA",
+                "image_path": "", "image_prior": "zero123", "zero123_model": "ashawkey/zero123-xl-diffusers",
+                "view_count": 8, "autoregressive": False, "view_planes": False, "image_prompt": "",
+                "text_weight": 0.0, "elevation": 0.0, "azimuth": -90.0, "fov": 40.0}
+    return SimpleNamespace(**{**defaults, **changes})
+
+
+def captured() -> job_requests.JobImage:
+    """A capture through an oblique camera (a proper rotation: the backend checks it)."""
+    matrix = [[0.8, -0.36, 0.48, 6.0], [0.6, 0.48, -0.64, -5.0], [0.0, 0.8, 0.6, 4.0], [0.0, 0.0, 0.0, 1.0]]
+    spec = cameras.CameraSpec(matrix, lens=35.0, sensor_fit="VERTICAL", shift_x=0.08)
+    return job_requests.JobImage("/captures/cube.png", "Camera", spec.to_json(), 7.7)
+
+
+PICKED = job_requests.JobImage("/pictures/cup.png", "cup.png")
+#: (settings, image) of typical panel uses, every kind, each optional setting on and off.
+CASES = [
+    (panel(), None),
+    (panel(prior="sd", negative="blurry", steps=300, guidance_scale=50.0, mesh_resolution=96, threshold=2.5), None),
+    (panel(prior="references", prompt="", references="//refs", preset="high"), None),
+    (panel(mode="image_to_3d"), captured()),
+    (panel(mode="image_to_3d", image_prior="builtin", preset="preview", steps=250, mesh_resolution=64), captured()),
+    (panel(mode="image_to_3d", image_source="FILE", elevation=15.0, azimuth=30.0, fov=50.0, image_prompt="a cup",
+           text_weight=0.5, guidance_scale=3.0, threshold=1.0), PICKED),
+    (panel(mode="image_to_3d", image_prompt="   "), job_requests.JobImage("/c.png", "Camera", captured().camera)),
+    (panel(mode="novel_views"), captured()),
+    (panel(mode="novel_views", image_prior="builtin", view_count=4, steps=20, autoregressive=True,
+           guidance_scale=2.0, image_source="FILE"), PICKED),
+]
+
+
+def _abspath(path: str) -> str:
+    """bpy.path.abspath next to /project/scene.blend: "//" is the .blend's folder."""
+    return "/project/" + path[2:] if path.startswith("//") else path
+
+
+def _sent(body: dict) -> dict:
+    """The body as POST /jobs gets it: an image job's upload id added."""
+    return body if body["kind"] == "text_to_3d" else {**body, "image": IMAGE_ID}
+
+
+@pytest.mark.parametrize("settings,image", CASES)
+def test_every_kind_of_body_validates_against_the_backend_model(settings, image):
+    body = job_requests.job_body(settings, image, _abspath)
+    model = MODELS[settings.mode]
+    request = model.model_validate(_sent(body))
+    assert set(body) <= set(model.model_fields)
+    assert set(body.get("mesh", {})) <= set(MeshOptions.model_fields)
+    assert request.kind == settings.mode and request.seed == settings.seed
+    if settings.mode == "text_to_3d" and settings.prior == "references":
+        assert request.references == "/project/refs"          # the Blender path made absolute
+    if image is not None and image.camera is not None:
+        assert request.camera == CameraSpec.model_validate(image.camera) and request.depth == image.depth
+    elif image is not None:
+        assert request.camera is None and request.azimuth_deg == settings.azimuth
+
+
+def test_the_keys_each_kind_can_send_are_its_models_fields():
+    """Every key the builder can emit is a field of the model; with the fields the panel leaves
+    to the backend (BACKEND_DEFAULTS) they name every field, so a new backend field fails here
+    until the add-on decides about it."""
+    for kind, model in MODELS.items():
+        emitted = set().union(*(job_requests.job_body(s, image) for s, image in CASES if s.mode == kind))
+        fields = set(model.model_fields)
+        assert emitted <= fields, f"{kind}: {sorted(emitted - fields)} are not fields of {model.__name__}"
+        assert emitted | job_requests.BACKEND_DEFAULTS[kind] == fields, f"{kind}: {sorted(fields - emitted)}"
+
+
+@pytest.mark.parametrize("settings,image", CASES)
+def test_run_again_puts_back_the_settings_that_make_the_same_body(settings, image):
+    body = job_requests.job_body(settings, image, _abspath)
+    editor = panel(mode="text_to_3d" if settings.mode != "text_to_3d" else "novel_views", steps=7, seed=99,
+                   guidance_scale=9.0, prompt="something else", image_prompt="other", image_source="CAMERA")
+    job_requests.to_settings(body, editor)
+    assert editor.mode == settings.mode and editor.seed == settings.seed
+    assert job_requests.job_body(editor, image, _abspath) == body
+    assert editor.image_source == ("CAMERA" if image is None or image.camera is not None else "FILE")
+
+
+def test_edit_prompt_copies_only_the_prompt_and_seed():
+    editor = panel(prompt="old", negative="old", seed=1, steps=5, prior="sd")
+    job_requests.prompt_to_settings(job_requests.job_body(panel(prompt="a cup", negative="blurry", seed=4)), editor)
+    assert (editor.prompt, editor.negative, editor.seed, editor.steps, editor.prior) == ("a cup", "blurry", 4, 5, "sd")
+    job_requests.prompt_to_settings(job_requests.job_body(*CASES[5]), editor)
+    assert (editor.image_prompt, editor.prompt) == ("a cup", "a cup")
+
+
+def test_a_body_needs_a_known_mode_and_an_image_kind_its_image():
+    with pytest.raises(ValueError, match="needs its image"):
+        job_requests.job_body(panel(mode="novel_views"))
+    with pytest.raises(ValueError, match="unknown mode"):
+        job_requests.job_body(panel(mode="text_to_video"))
