@@ -2,10 +2,9 @@
 the settings put back from a body (Run Again, Edit Prompt). No `bpy`: `s` is any object with
 the attributes of properties.DreamsculptSettings (a SimpleNamespace in the tests).
 
-The body mirrors the backend's request models (dreamsculpt.server.schemas, moving to
-dreamsculpt.requests) part for part: `_run` is _Run, `_optimised` is _Optimised (with
-MeshOptions), `_from_image` is _FromImage (with CameraSpec), and each kind adds its own
-fields. A setting at 0 (steps, guidance scale, mesh resolution, threshold) is left out, so
+The body mirrors the backend's request models (dreamsculpt.requests) part for part: `_run`
+is _Run, `_optimised` is _Optimised (with MeshOptions), `_from_image` is _FromImage (with
+CameraSpec), and each kind adds its own fields. A setting at 0 (steps, guidance scale, mesh resolution, threshold) is left out, so
 the backend's default applies. tests/test_addon_requests.py validates every kind's body
 against its model.
 """

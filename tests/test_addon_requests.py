@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-# The backend's request models; they may move to dreamsculpt.requests (same fields).
-from dreamsculpt.server.schemas import (
+# The backend's request models: the contract the CLI and the job server validate with.
+from dreamsculpt.requests import (
     CameraSpec,
     ImageTo3DRequest,
     MeshOptions,
