@@ -5,7 +5,7 @@ VENV := .venv
 # Written after a successful install; reinstalls only when pyproject.toml changes.
 STAMP := $(VENV)/.dreamsculpt-installed
 
-.PHONY: venv demo test bench
+.PHONY: venv demo test test-fast bench
 
 venv: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml VERSION
 demo: venv
 	$(VENV)/bin/python scripts/blender_demo.py --out out
 
+# The whole suite (what CI runs, through .ci/run); prints the 15 slowest tests at the end.
 test: venv
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
+
+# The unit tier for the edit-run loop: everything not marked slow (no server, Blender or CLI
+# process, no long optimisation run); under 2 minutes on 2 cores.
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 # Prints the markdown tables of bench/README.md (about 20 minutes on 2 cores; run it on a quiet machine).
 bench: venv

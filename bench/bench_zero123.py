@@ -31,13 +31,7 @@ from dreamsculpt.cameras import Cameras
 from dreamsculpt.config import GuidanceConfig
 from dreamsculpt.devices import resolve_device, resolve_dtype
 from dreamsculpt.guidance.base import scaled_linear_alphas_cumprod
-from dreamsculpt.guidance.zero123 import (
-    CLIP_MEAN,
-    CLIP_STD,
-    Zero123Components,
-    Zero123Guidance,
-    sample_novel_views,
-)
+from dreamsculpt.guidance.zero123 import Zero123Guidance, sample_novel_views
 from dreamsculpt.guidance.zero123_loading import (
     ZERO123_CLIP_CONFIG,
     ZERO123_SCHEDULER_CONFIG,
@@ -46,6 +40,7 @@ from dreamsculpt.guidance.zero123_loading import (
     _freeze,
     load_zero123_components,
 )
+from dreamsculpt.guidance.zero123_parts import CLIP_MEAN, CLIP_STD, Zero123Components
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))

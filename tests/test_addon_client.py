@@ -1,5 +1,6 @@
 """The add-on's modules that have no bpy (client, plymesh, jobs, backend_process, watchers), tested
-without Blender, against a real `dreamsculpt serve` where they talk to one."""
+without Blender, against a real `dreamsculpt serve` where they talk to one (those tests, and
+the one that starts a backend, are marked slow)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_local_token_follows_xdg(monkeypatch, tmp_path):
     assert client_mod.read_local_token() == "abc"
 
 
+@pytest.mark.slow
 def test_the_token_path_is_the_servers(server):
     """The add-on's stdlib rule finds the file `dreamsculpt serve` wrote (platformdirs)."""
     code = ("import platformdirs; print(platformdirs.user_config_dir('dreamsculpt', appauthor=False))")
@@ -71,6 +73,7 @@ def _client(server, token=None):
     return client_mod.Client(server.url, server.token if token is None else token)
 
 
+@pytest.mark.slow
 def test_backend_states(server):
     version = server.wait_health(lambda h: True)["version"]
     assert _client(server).state(version).kind == "connected"
@@ -92,6 +95,7 @@ def test_the_backend_monitor_says_why_it_cannot_connect():
     assert down.check_now().kind == "not_running" and down.state.kind == "not_running"
 
 
+@pytest.mark.slow
 def test_submit_errors_say_what_is_wrong(server):
     with pytest.raises(client_mod.Rejected) as rejected:
         _client(server).submit({**tiny_job(), "prompt": ""})
@@ -102,6 +106,7 @@ def test_submit_errors_say_what_is_wrong(server):
         client_mod.Client("http://127.0.0.1:9", "x").submit(tiny_job())
 
 
+@pytest.mark.slow
 def test_watcher_follows_a_job_to_a_parsed_mesh_and_preview(server, tmp_path):
     client = _client(server)
     job = client.submit(tiny_job(steps=60))
@@ -118,6 +123,7 @@ def test_watcher_follows_a_job_to_a_parsed_mesh_and_preview(server, tmp_path):
     np.testing.assert_allclose(np.array(mesh.colors).reshape(-1, 4), reference.visual.vertex_colors / 255.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_watcher_reports_a_failed_job(server, tmp_path):
     client = _client(server)
     job = client.submit(tiny_job("a dragon"))
@@ -146,6 +152,7 @@ def test_backend_command_needs_a_real_python_and_a_local_url(tmp_path):
         backend_process.command(sys.executable, "http://10.0.0.2:7323")
 
 
+@pytest.mark.slow
 def test_start_and_stop_a_backend(tmp_path, monkeypatch):
     import socket
 
@@ -192,6 +199,7 @@ def test_image_types_are_told_by_their_signature():
     assert client_mod.image_type(b"GIF89a") is None and client_mod.image_type(b"") is None
 
 
+@pytest.mark.slow
 def test_upload_image_stores_it_and_refusals_say_why(server):
     client = _client(server)
     data = _png()
@@ -213,6 +221,7 @@ def test_upload_image_stores_it_and_refusals_say_why(server):
         client_mod.Client("http://127.0.0.1:9", "x").upload_image(data)
 
 
+@pytest.mark.slow
 def test_watcher_uploads_submits_and_fetches_novel_views(server, tmp_path):
     """The image path: upload and submit on the watcher's thread, then views.json and each view."""
     client = _client(server)
@@ -231,6 +240,7 @@ def test_watcher_uploads_submits_and_fetches_novel_views(server, tmp_path):
     assert all(cameras.is_matrix(v["matrix_world"]) for v in views.views)
 
 
+@pytest.mark.slow
 def test_watcher_reports_an_image_it_cannot_read_or_send(server, tmp_path):
     client = _client(server)
     body = {"kind": "novel_views", "prior": "builtin"}
@@ -285,6 +295,7 @@ def test_a_view_plane_hangs_where_its_camera_stands_sized_to_the_frustum():
     assert [placed[i][0] for i in range(3)] == [1.0, 0.0, 0.0] and placed[3] == [0.0, 0.0, 0.0, 1.0]
 
 
+@pytest.mark.slow
 def test_cancel_while_the_image_is_still_uploading_cancels_the_job_once_it_exists(server, tmp_path):
     import threading
 

@@ -10,7 +10,7 @@ from blender_harness import requires_bpy, run_in_blender, script
 
 import build_addon
 
-pytestmark = [requires_bpy]
+pytestmark = [requires_bpy, pytest.mark.slow]   # Blender, and a real server
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """User mistakes on the command line: a non-zero exit and one line on stderr that says what
 to do, never a traceback. Checked in-process (`cli.main`) and through the installed console
-script, as a user runs it."""
+script, as a user runs it (those are marked slow)."""
 
 from __future__ import annotations
 
@@ -134,6 +134,7 @@ def run_cli(command: list[str], *args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
+@pytest.mark.slow   # each case starts the console script (torch import: seconds)
 @pytest.mark.parametrize("case", ["empty prompt", "unknown shape", "missing model", "missing references",
                                   "nothing to resume", "zero steps"])
 def test_user_error_from_the_console_script(case, workspace):
@@ -147,6 +148,7 @@ def test_user_error_from_the_console_script(case, workspace):
     assert not (workspace / "out" / "mesh.ply").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_works_too(tmp_path):
     args, _ = user_errors(tmp_path)["zero steps"]
     result = run_cli([sys.executable, "-m", "dreamsculpt.cli"], *args)
@@ -154,12 +156,14 @@ def test_python_dash_m_works_too(tmp_path):
     assert "--steps must be from 1 to 100000" in error_line(result.stderr)
 
 
+@pytest.mark.slow
 def test_bad_option_value_is_an_argparse_error(tmp_path):
     result = run_cli([str(SCRIPT)], "a red cube", "--prior", "bogus")
     assert result.returncode == 2
     assert "invalid choice: 'bogus'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_version_and_help():
     version = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True, timeout=120)
     assert version.returncode == 0 and version.stdout.startswith("dreamsculpt ")

@@ -109,6 +109,7 @@ def test_user_error_is_one_line(case, workspace, capsys):
     assert not (out / "mesh.ply").exists() and not (out / "views.json").exists()
 
 
+@pytest.mark.slow   # each case starts the console script
 @pytest.mark.parametrize("case", ["not an image", "views out of range", "camera NaN"])
 def test_user_error_from_the_console_script(case, workspace):
     result = subprocess.run([str(SCRIPT), *arguments(case, workspace)], check=False, capture_output=True,
@@ -119,6 +120,7 @@ def test_user_error_from_the_console_script(case, workspace):
         assert word in message, (word, message)
 
 
+@pytest.mark.slow
 def test_help_lists_the_options():
     for command, options in [("image-to-3d", ["--camera", "--elevation", "--azimuth", "--fov", "--prior", "--model",
                                               "--variant", "--prompt", "--text-weight", "--text-model", "--preset",
@@ -147,6 +149,7 @@ def test_novel_views_writes_the_views_into_out_image_name(workspace, tmp_path, m
     assert (out / "novel_views.png").is_file() and (out / "reference.png").is_file()
 
 
+@pytest.mark.slow   # 40 optimisation steps and a mesh
 def test_image_to_3d_with_a_blender_camera(workspace, tmp_path, capsys):
     out = tmp_path / "cube"
     assert cli.main(["image-to-3d", str(workspace / "cube" / "view_000.png"), "--camera",
@@ -167,6 +170,7 @@ def test_image_to_3d_with_a_blender_camera(workspace, tmp_path, capsys):
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a child process")
 def test_ctrl_c_stops_image_to_3d_cleanly(workspace, tmp_path):
     out = tmp_path / "stopped"

@@ -140,6 +140,7 @@ def test_bad_pictures_say_what_to_do(tmp_path, problem, message):
         picture_view(ImageConfig(path=str(path)))
 
 
+@pytest.mark.slow   # a fit per built-in shape
 def test_the_builtin_fit_recognises_each_shape_from_one_view(tmp_path):
     c2w = _rolled_camera(-30.0, 35.0, 3.5, 0.0)
     for shape, colour in zip(SHAPES, COLOURS):
@@ -160,6 +161,7 @@ def test_a_picture_of_no_builtin_shape_is_refused(tmp_path):
         best_fit(picture_view(ImageConfig(path=str(path))))
 
 
+@pytest.mark.slow   # 300 optimisation steps and a mesh
 def test_image_to_3d_reconstructs_the_shape_where_the_camera_saw_it(tmp_path):
     """Acceptance: one oblique picture of a torus, the built-in prior view-conditioned on it,
     CI-sized -> voxel IoU >= 0.6 against the true torus in the world, through the placement."""
@@ -209,6 +211,7 @@ def tiny_zero123(tmp_path_factory) -> str:
     return build_tiny_zero123(tmp_path_factory.mktemp("tiny-zero123") / "model")
 
 
+@pytest.mark.slow
 def test_zero123_novel_views_through_the_task(tmp_path, tiny_zero123):
     """A random tiny Zero123 from a folder, as a user's --model PATH: K views of its native
     size and the reference first, autoregressive included."""
@@ -227,6 +230,7 @@ def test_zero123_novel_views_through_the_task(tmp_path, tiny_zero123):
         assert json.loads((out / "views.json").read_text())["views"][0]["d_azimuth_deg"] == 0
 
 
+@pytest.mark.slow
 def test_zero123_image_to_3d_runs_the_whole_loop(tmp_path, tiny_zero123):
     """Random weights teach nothing, but the reference-view losses alone still give a mesh of
     the seen silhouette: the loop, meshing and placement work with the Zero123 prior."""
@@ -241,6 +245,7 @@ def test_zero123_image_to_3d_runs_the_whole_loop(tmp_path, tiny_zero123):
     assert record["kind"] == "image_to_3d" and len(record["placement"]) == 4
 
 
+@pytest.mark.slow
 def test_image_to_3d_resumes_from_its_checkpoint(tmp_path):
     """A cancelled image run keeps its checkpoint; --resume picks it up at the same step and the
     result is placed as before (the reference view is rebuilt from the same picture)."""
@@ -263,6 +268,7 @@ def test_image_to_3d_resumes_from_its_checkpoint(tmp_path):
     assert json.loads((tmp_path / "out" / "run.json").read_text())["placement"][0][0] > 0
 
 
+@pytest.mark.slow
 def test_magic123_style_text_guidance_joins_zero123(tmp_path, tiny_zero123):
     """--prompt with --text-weight adds Stable Diffusion text SDS on top of Zero123 (tiny random
     models for both): the run goes through and says so in run.json; without a prompt it is an

@@ -13,6 +13,8 @@ import sys
 import pytest
 from server_harness import ServerProcess, tiny_job
 
+pytestmark = pytest.mark.slow   # a real server process
+
 AUTH_ROUTES = [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/20261121-093512-4f2a9c"),
                ("GET", "/jobs/20261121-093512-4f2a9c/result.ply"), ("POST", "/jobs/20261121-093512-4f2a9c/cancel"),
                ("DELETE", "/jobs/20261121-093512-4f2a9c"), ("POST", "/models/release"), ("GET", "/openapi.json")]

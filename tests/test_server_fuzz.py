@@ -11,24 +11,31 @@ operation gets at most MAX_EXAMPLES generated requests, plus schemathesis' fixed
 Job ids are drawn from the schema's pattern (ids nobody made) and from real jobs in each
 finished state, so the routes also reach existing jobs and their files.
 
-The fuzzed POST /jobs requests queue real jobs; they fail fast in the worker (no prompt the
-built-in prior knows, no Stable Diffusion model offline, no reference folder). The last test
-cancels whatever is still unfinished, and the fixture stops the server and checks that it and
-its worker process are gone.
+The fuzz runs once per module in the `fuzz` fixture, and each test reads its report, so any
+test runs alone or in any order. The fuzzed POST /jobs requests queue real jobs; they fail
+fast in the worker (no prompt the built-in prior knows, no Stable Diffusion model offline, no
+reference folder). The last test cancels whatever is still unfinished, and the fixture stops
+the server and checks that it and its worker process are gone.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import hypothesis
 import pytest
 import schemathesis
 from hypothesis import strategies as st
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import load_all_checks, not_a_server_error
+from schemathesis.errors import FailureGroup
+from schemathesis.pytest.lazy import get_all_tests
 from server_harness import ServerProcess, tiny_job, wait_job
+
+pytestmark = pytest.mark.slow   # a real server process, fuzzed
 
 #: Generated requests per operation (the coverage phase adds its own fixed cases on top).
 #: Operations without parameters (GET /health, GET /jobs, POST /models/release) have fewer
@@ -40,13 +47,6 @@ DOWNLOADS = ("preview.png", "result.ply", "result.glb", "result.obj", "views.png
 OPERATIONS = {"GET /health", "GET /jobs", "POST /jobs", "GET /jobs/{job_id}", "DELETE /jobs/{job_id}",
               "POST /jobs/{job_id}/cancel", "POST /models/release", "POST /images"} | {
     f"GET /jobs/{{job_id}}/{name}" for name in DOWNLOADS}
-
-#: What the fuzz got, per operation label: status code -> count.
-SEEN: dict[str, Counter] = defaultdict(Counter)
-#: 401s to requests that did carry the token (there should be none).
-REFUSED_WITH_TOKEN: list[str] = []
-#: (operation, job id) of every 200 from a route that takes a job id.
-READ: set[tuple[str, str]] = set()
 
 
 def _children(pid: int) -> set[int]:
@@ -136,62 +136,88 @@ def api_schema(server, known_jobs):
     return schema
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+@dataclass
+class FuzzReport:
+    """What one fuzz of every operation got."""
+
+    #: Operation label -> what schemathesis reported (a 5xx, with the request to repeat it).
+    failures: dict[str, str] = field(default_factory=dict)
+    #: Operation label -> status code -> count.
+    seen: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    #: 401s to requests that did carry the token (there should be none).
+    refused_with_token: list[str] = field(default_factory=list)
+    #: (operation, job id) of every 200 from a route that takes a job id.
+    read: set[tuple[str, str]] = field(default_factory=set)
 
 
-@pytest.fixture(autouse=True)
-def _node_id_for_schemathesis(request):
-    """schemathesis 4.32's lazy loader reads and rewrites `item._nodeid` (to name each operation's
-    subtest), an attribute pytest 9.2 no longer has (its node ids live in `item._id`). Give it
-    one; pytest ignores it, and this does nothing where the attribute exists."""
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
+@pytest.fixture(scope="module")
+def fuzz(server, api_schema, _hypothesis_files_in_tmp) -> FuzzReport:
+    """Every operation fuzzed once for the module, with the 5xx check on every request. A
+    fixture rather than a test, so that each test below reads what the fuzz got whichever of
+    them runs, alone or in any order. The Hypothesis tests come from `get_all_tests`, what
+    schemathesis' pytest plugin runs for `schema.parametrize()` (its examples, fuzzing and
+    coverage phases): the same requests, but not a documented API, so a schemathesis upgrade
+    may move it."""
+    report = FuzzReport()
+    settings = hypothesis.settings(
+        max_examples=MAX_EXAMPLES, derandomize=True, database=None,
+        # Every example is a round trip to a real server; DELETE of a running job waits for it
+        # to stop (seconds). Hypothesis' 200 ms deadline would only measure the machine's load.
+        deadline=None,
+        # No health check is suppressed: none fires (drawing a POST /jobs body takes ~5 ms).
+    )
+
+    def send(case):
+        if case.operation.label == "POST /models/release":
+            # Release stops the worker, and answers 409 while a job runs: wait for the jobs the
+            # POST /jobs fuzz queued, so that the fuzz reaches the release itself.
+            server.wait_health(lambda h: h["running"] is None and h["queue"] == 0)
+        response = case.call_and_validate(checks=[not_a_server_error], timeout=60)
+        label, status = case.operation.label, response.status_code
+        report.seen[label][status] += 1
+        if status == 401 and "Authorization" in response.request.headers:
+            report.refused_with_token.append(f"{case.method} {response.request.url}")
+        if status == 200 and "job_id" in (case.path_parameters or {}):
+            report.read.add((label, case.path_parameters["job_id"]))
+
+    load_all_checks()
+    for built in get_all_tests(schema=api_schema, test_func=send, settings=settings, given_kwargs={}):
+        operation, test = built.ok()   # an invalid schema raises here: the server's own schema is wrong
+        try:
+            test()
+        # FailureGroup (the checks that failed, with a curl line to repeat each request) is a
+        # BaseExceptionGroup, not an Exception. One operation's failure does not stop the others.
+        except (Exception, FailureGroup) as exc:  # noqa: BLE001
+            report.failures[operation.label] = "".join(traceback.format_exception_only(exc))
+    return report
 
 
-@schema.parametrize()
-@hypothesis.settings(
-    max_examples=MAX_EXAMPLES, derandomize=True, database=None,
-    # Every example is a round trip to a real server; DELETE of a running job waits for it to
-    # stop (seconds). Hypothesis' 200 ms deadline would only measure the machine's load.
-    deadline=None,
-    # No health check is suppressed: none fires (drawing a POST /jobs body takes ~5 ms).
-)
-def test_no_request_gets_a_server_error(case, server):
-    if case.operation.label == "POST /models/release":
-        # Release stops the worker, and answers 409 while a job runs: wait for the jobs the
-        # POST /jobs fuzz queued, so that the fuzz reaches the release itself.
-        server.wait_health(lambda h: h["running"] is None and h["queue"] == 0)
-    response = case.call_and_validate(checks=[not_a_server_error], timeout=60)
-    label, status = case.operation.label, response.status_code
-    SEEN[label][status] += 1
-    if status == 401 and "Authorization" in response.request.headers:
-        REFUSED_WITH_TOKEN.append(f"{case.method} {response.request.url}")
-    if status == 200 and "job_id" in (case.path_parameters or {}):
-        READ.add((label, case.path_parameters["job_id"]))
+def test_no_request_gets_a_server_error(fuzz):
+    if fuzz.failures:
+        pytest.fail("\n".join(f"{label}:\n{text}" for label, text in fuzz.failures.items()), pytrace=False)
 
 
-def test_the_fuzz_reached_every_operation_with_the_token(known_jobs):
-    if not SEEN:
-        pytest.skip("reads what test_no_request_gets_a_server_error recorded; run the whole file")
-    assert set(SEEN) == OPERATIONS, set(SEEN) ^ OPERATIONS
+def test_the_fuzz_reached_every_operation_with_the_token(fuzz, known_jobs):
+    seen = fuzz.seen
+    assert set(seen) == OPERATIONS, set(seen) ^ OPERATIONS
     # The token went with every request but schemathesis' one probe per operation that drops
     # the Authorization header on purpose.
-    assert not REFUSED_WITH_TOKEN, REFUSED_WITH_TOKEN
-    assert all(codes[401] <= 1 for codes in SEEN.values()), dict(SEEN)
-    assert SEEN["POST /jobs"][201] > 0, SEEN["POST /jobs"]                # some bodies were valid jobs
-    assert SEEN["POST /models/release"][200] > 0, SEEN["POST /models/release"]
+    assert not fuzz.refused_with_token, fuzz.refused_with_token
+    assert all(codes[401] <= 1 for codes in seen.values()), dict(seen)
+    assert seen["POST /jobs"][201] > 0, seen["POST /jobs"]                # some bodies were valid jobs
+    assert seen["POST /models/release"][200] > 0, seen["POST /models/release"]
     # Real jobs and their files were reached, and nothing but them: no id the fuzzer made up
     # (pattern-shaped or not, percent-encoded or not) read anything.
     real = {job_id for group in known_jobs.values() for job_id in group.values()}
-    assert {job_id for _, job_id in READ} <= real, READ
+    assert {job_id for _, job_id in fuzz.read} <= real, fuzz.read
     done = known_jobs["read"]["done"]
     for name in ("result.ply", "result.glb", "views.png", "turntable.gif", "run.json", "preview.png"):
-        assert (f"GET /jobs/{{job_id}}/{name}", done) in READ, name
+        assert (f"GET /jobs/{{job_id}}/{name}", done) in fuzz.read, name
     for label in ("GET /jobs/{job_id}", "POST /jobs/{job_id}/cancel"):
-        assert {(label, job_id) for job_id in known_jobs["read"].values()} <= READ, label
+        assert {(label, job_id) for job_id in known_jobs["read"].values()} <= fuzz.read, label
 
 
-def test_nothing_the_fuzz_queued_is_left_running(server):
+def test_nothing_the_fuzz_queued_is_left_running(fuzz, server):
     with server.client() as api:
         for job in api.get("/jobs").json()["jobs"]:
             if job["status"] in ("queued", "running", "interrupted"):

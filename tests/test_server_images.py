@@ -22,6 +22,8 @@ from server_harness import (
     wait_job,
 )
 
+pytestmark = pytest.mark.slow   # a real server process
+
 UNKNOWN = "0" * 64
 
 

@@ -16,6 +16,8 @@ import trimesh
 from PIL import Image
 from server_harness import ServerProcess, tiny_job, wait_job
 
+pytestmark = pytest.mark.slow   # real server processes, jobs run to the end
+
 
 def _time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

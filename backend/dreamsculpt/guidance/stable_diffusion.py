@@ -12,8 +12,6 @@ imported inside the loaders so importing this module stays cheap.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,9 @@ from ..config import DEFAULT_SD_MODEL, GuidanceConfig
 from ..devices import resolve_device, resolve_dtype
 from ..errors import DreamsculptError
 from .base import VIEW_NAMES, GuidanceOutput, TimestepSchedule, view_weights
+from .hub import SINGLE_FILE_SUFFIXES, first_line, is_offline_error, load_from_hub, looks_like_path
 
 DEFAULT_GUIDANCE_SCALE = 100.0  # DreamFusion's value: SDS needs far more than sampling's 7.5
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-_OFFLINE_ERRORS = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError",
-                   "TransportError", "TimeoutException", "Timeout", "TimeoutError"}
 _WHAT_TO_DO = ("Download it once with network access, pass a local copy with --model PATH, "
                "or use the offline reference prior with --prior builtin.")
 
@@ -73,12 +69,12 @@ def load_sd_components(model: str = DEFAULT_SD_MODEL, device: torch.device | str
             parts = _load_parts(str(path), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise DreamsculptError(
-                f"Could not load the diffusers folder '{model}' ({_first_line(exc)}). Pass a "
+                f"Could not load the diffusers folder '{model}' ({first_line(exc)}). Pass a "
                 "complete Stable Diffusion folder with --model PATH, or use --prior builtin."
             ) from exc
     elif path.is_file():
         parts = _load_single_file(path)
-    elif _looks_like_path(model):
+    elif looks_like_path(model):
         raise DreamsculptError(
             f"Stable Diffusion model path '{model}' does not exist. Pass an existing diffusers "
             "folder or .safetensors/.ckpt file with --model PATH, or use --prior builtin.")
@@ -87,12 +83,6 @@ def load_sd_components(model: str = DEFAULT_SD_MODEL, device: torch.device | str
     components = _freeze(*parts, device=torch.device(device), dtype=dtype)
     components.source = model
     return components
-
-
-def _looks_like_path(model: str) -> bool:
-    """Hub ids are 'name' or 'owner/name'; anything else that is not on disk is a path."""
-    return (model.startswith((".", "/", "~", "\\")) or model.count("/") > 1 or "\\" in model
-            or model.lower().endswith(SINGLE_FILE_SUFFIXES) or os.path.isabs(model))
 
 
 def _load_parts(source: str, local_files_only: bool) -> tuple:
@@ -110,33 +100,6 @@ def _load_parts(source: str, local_files_only: bool) -> tuple:
 
 def _load_from_hub(repo: str) -> tuple:
     return load_from_hub(repo, _load_parts, "Stable Diffusion model", _WHAT_TO_DO)
-
-
-def load_from_hub(repo: str, load_parts: Callable[[str, bool], Any], what: str, what_to_do: str) -> Any:
-    """`load_parts(repo, local_files_only)` from the Hugging Face cache first (works offline),
-    then the network unless HF_HUB_OFFLINE; any failure is one DreamsculptError naming `what`
-    and saying what to do. Shared by the Stable Diffusion and Zero123 loaders."""
-    try:
-        return load_parts(repo, True)
-    except (OSError, ValueError) as exc:
-        error: Exception = exc
-    if not _hub_offline():
-        try:
-            # One request without retries first: with no network, hub downloads back off
-            # and retry for about 25 seconds before failing.
-            from huggingface_hub import model_info
-
-            model_info(repo, timeout=10)
-            return load_parts(repo, False)
-        except DreamsculptError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
-            error = exc
-    reason = "the model hub is unreachable"
-    if _reached_hub(error) and not _is_offline_error(error):
-        reason = f"the model hub did not provide it ({_first_line(error)})"
-    raise DreamsculptError(f"Could not load {what} '{repo}': not a local folder or file, and "
-                           f"{reason}. {what_to_do}") from error
 
 
 def _load_single_file(path: Path) -> tuple:
@@ -161,7 +124,7 @@ def _load_single_file(path: Path) -> tuple:
             str(path), config=config, local_files_only=True, safety_checker=None,
             feature_extractor=None, requires_safety_checker=False)
     except Exception as exc:  # noqa: BLE001
-        if _is_offline_error(exc):
+        if is_offline_error(exc):
             raise DreamsculptError(
                 f"Could not load the checkpoint '{path}': diffusers needs the configuration "
                 "files of the matching Stable Diffusion model, they are not in the Hugging Face "
@@ -169,45 +132,11 @@ def _load_single_file(path: Path) -> tuple:
                 "file inside a diffusers folder of the same model (one with model_index.json), "
                 "pass a diffusers folder with --model PATH, or use --prior builtin.") from exc
         raise DreamsculptError(
-            f"Could not load '{path}' as a Stable Diffusion checkpoint ({_first_line(exc)}). "
+            f"Could not load '{path}' as a Stable Diffusion checkpoint ({first_line(exc)}). "
             "Pass a Stable Diffusion 1.x/2.x checkpoint or diffusers folder with --model PATH, "
             "or use --prior builtin.") from exc
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler
-
-
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub reads the variable only at import)."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return env or constants.is_offline_mode()
-
-
-def _exception_chain(exc: BaseException):
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _is_offline_error(exc: BaseException) -> bool:
-    """True when the failure comes from having no network (or HF_HUB_OFFLINE). Matched by
-    class name: huggingface_hub, httpx and requests each have their own connection errors."""
-    for e in _exception_chain(exc):
-        if _OFFLINE_ERRORS & {cls.__name__ for cls in type(e).__mro__}:
-            return True
-    return False
-
-
-def _reached_hub(exc: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return any(isinstance(e, HfHubHTTPError) for e in _exception_chain(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _freeze(unet, vae, text_encoder, tokenizer, scheduler, device: torch.device,

@@ -19,13 +19,8 @@ import torch
 
 from ..config import DEFAULT_ZERO123_MODEL
 from ..errors import DreamsculptError
-from .stable_diffusion import (
-    SINGLE_FILE_SUFFIXES,
-    _first_line,
-    _looks_like_path,
-    load_from_hub,
-)
-from .zero123 import CLIP_MEAN, CLIP_STD, Zero123Components, resolve_variant
+from .hub import SINGLE_FILE_SUFFIXES, first_line, load_from_hub, looks_like_path
+from .zero123_parts import CLIP_MEAN, CLIP_STD, Zero123Components, resolve_variant
 
 PROJECTION_FOLDERS = ("cc_projection", "clip_camera_projection")
 _WHAT_TO_DO = ("Pass a Zero123 diffusers folder or original checkpoint with --model PATH, "
@@ -52,7 +47,6 @@ ZERO123_SCHEDULER_CONFIG = {
     "steps_offset": 1, "prediction_type": "epsilon"}
 
 
-
 def load_zero123_components(model: str = DEFAULT_ZERO123_MODEL, device: torch.device | str = "cpu",
                             dtype: torch.dtype = torch.float32,
                             variant: str = "auto") -> Zero123Components:
@@ -65,7 +59,7 @@ def load_zero123_components(model: str = DEFAULT_ZERO123_MODEL, device: torch.de
         parts = _load_folder(path, model)
     elif path.is_file():
         parts = _load_single_file(path)
-    elif _looks_like_path(model):
+    elif looks_like_path(model):
         raise DreamsculptError(f"Zero123 model path '{model}' does not exist. " + _WHAT_TO_DO)
     else:
         parts = _load_from_hub(model)
@@ -82,7 +76,7 @@ def _load_folder(path: Path, model: str) -> Zero123Components:
         return _load_parts(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise DreamsculptError(f"Could not load the Zero123 folder '{model}' "
-                               f"({_first_line(exc)}). " + _WHAT_TO_DO) from exc
+                               f"({first_line(exc)}). " + _WHAT_TO_DO) from exc
 
 
 def _load_from_hub(repo: str) -> Zero123Components:
@@ -222,7 +216,7 @@ def _load_single_file(path: Path) -> Zero123Components:
         checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
     except Exception as exc:  # unreadable in any way
         raise DreamsculptError(
-            f"Could not read '{path}' as a checkpoint ({_first_line(exc)}); .ckpt files are read "
+            f"Could not read '{path}' as a checkpoint ({first_line(exc)}); .ckpt files are read "
             "as plain tensors only, so a training checkpoint with other objects must be saved "
             "as .safetensors first. " + _WHAT_TO_DO) from exc
     missing = [name for prefix, name in _LDM_PARTS.items()
@@ -238,7 +232,7 @@ def _load_single_file(path: Path) -> Zero123Components:
                  "it is not the standard Zero123 architecture; put it inside a diffusers folder "
                  "with the matching configs (model_index.json, unet/, vae/, image_encoder/)")
         raise DreamsculptError(f"Could not load the checkpoint '{path}': {where} "
-                               f"({_first_line(exc)}). " + _WHAT_TO_DO) from exc
+                               f"({first_line(exc)}). " + _WHAT_TO_DO) from exc
 
 
 def _configs_beside(path: Path) -> dict:
@@ -337,6 +331,3 @@ def _clip_config(visual: dict) -> dict:
             "num_attention_heads": max(1, width // 64),
             "intermediate_size": visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
             "projection_dim": visual["proj"].shape[1]}
-
-
-# --------------------------------------------------------------------------- SDS guidance
