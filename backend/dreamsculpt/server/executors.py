@@ -156,7 +156,9 @@ class LocalExecutor:
         try:
             if process.conn.poll(timeout):
                 received.append(process.conn.recv())
-                while process.conn.poll(0):   # take what else is there: progress comes in bursts
+                # Take what else is there (progress comes in bursts), but not forever: a
+                # chatty worker must not keep the stop deadline from being checked.
+                while len(received) < 64 and process.conn.poll(0):
                     received.append(process.conn.recv())
         except (EOFError, OSError):           # the pipe closed: the process is on its way out
             process.process.join(1)
