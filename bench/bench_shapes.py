@@ -1,4 +1,4 @@
-"""Every built-in shape through the real pipeline: time, IoU against the analytic solid, colour.
+"""Every built-in shape through the real text_to_3d task: time, IoU against the analytic solid, colour.
 
 For each shape the config is built exactly as `dreamsculpt generate "a red <shape>" --prior
 builtin --preset <preset>` builds it (the CLI's own parser and request_from_args), then

@@ -45,7 +45,6 @@ def camera_spec(elevation_deg: float = 10.0, offset=(0.0, 0.0, 0.0), depth: floa
     import math
 
     import torch
-
     from dreamsculpt.cameras import orbit_c2w
 
     matrix = orbit_c2w(torch.tensor([-90.0]), torch.tensor([elevation_deg]), torch.tensor([3.0]))[0]

@@ -4,7 +4,6 @@ undo, errors, and the panel's draw() in every backend state."""
 
 from __future__ import annotations
 
-
 import pytest
 from blender_harness import requires_bpy, run_in_blender, script
 

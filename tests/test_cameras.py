@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from dreamsculpt.cameras import Cameras, Rays, generate_rays, project, ray_box_intersect
 from dreamsculpt.guidance.base import VIEW_NAMES, view_weights
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dreamsculpt import cli
 from dreamsculpt.image_folders import save_image_folder
 

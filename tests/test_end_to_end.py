@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from PIL import Image
-
 from dreamsculpt import cli
+from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.shapes.geometry import shape_occupancy
 from dreamsculpt.shapes.library import write_shape_folder
-from dreamsculpt.metrics import voxel_iou
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 

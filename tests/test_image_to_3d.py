@@ -13,19 +13,18 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from PIL import Image
-from pydantic import ValidationError
-
 from dreamsculpt.cameras import Cameras, orbit_c2w
 from dreamsculpt.config import ImageConfig
 from dreamsculpt.errors import DreamsculptError
+from dreamsculpt.metrics import voxel_iou
+from dreamsculpt.picture import picture_view
+from dreamsculpt.server.uploads import decode_image
 from dreamsculpt.shapes.fitting import best_fit
 from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy
 from dreamsculpt.shapes.tracing import render_shape
-from dreamsculpt.picture import picture_view
-from dreamsculpt.metrics import voxel_iou
-from dreamsculpt.server.uploads import decode_image
 from dreamsculpt.tasks import TASKS
+from PIL import Image
+from pydantic import ValidationError
 
 
 def _rolled_camera(azimuth: float, elevation: float, distance: float, roll_deg: float,

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
 from dreamsculpt.config import FieldConfig, MeshConfig
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.fields import TriplaneField
-from dreamsculpt.shapes.geometry import shape_occupancy
 from dreamsculpt.mesh import Mesh, export_mesh, extract_mesh
 from dreamsculpt.metrics import voxel_iou
+from dreamsculpt.shapes.geometry import shape_occupancy
 
 RADIUS, PEAK, WIDTH = 0.6, 50.0, 0.04
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dreamsculpt.config import RunConfig
 from dreamsculpt.errors import CancelledError, DreamsculptError, NonFiniteError
 from dreamsculpt.guidance.base import GuidanceOutput
-from dreamsculpt.image_sets import ImageSet
 from dreamsculpt.guidance.closed_form import ClosedFormPrior
+from dreamsculpt.image_sets import ImageSet
 from dreamsculpt.optimize import Callbacks, Progress, Trainer, TrainingViews
 from dreamsculpt.priors import text_prior
 

@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-
 from dreamsculpt.cameras import Cameras
 from dreamsculpt.config import GuidanceConfig
-from dreamsculpt.image_sets import ImageSet
 from dreamsculpt.guidance.closed_form import ClosedFormPrior
+from dreamsculpt.image_sets import ImageSet
 
 SIZE, N = 8, 4
 

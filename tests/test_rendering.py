@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from dreamsculpt.cameras import Cameras, generate_rays, ray_box_intersect
 from dreamsculpt.config import FieldConfig
 from dreamsculpt.fields import OccupancyGrid, TriplaneField

@@ -8,8 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from dreamsculpt.cameras import Cameras, focal_pixels
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.image_folders import load_image_folder
@@ -18,6 +16,7 @@ from dreamsculpt.shapes.geometry import COLOURS, SHAPES, shape_occupancy, shape_
 from dreamsculpt.shapes.library import builtin_library, write_shape_folder
 from dreamsculpt.shapes.prompts import match_prompt
 from dreamsculpt.shapes.tracing import render_shape
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)

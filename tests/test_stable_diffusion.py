@@ -14,13 +14,15 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-
 from dreamsculpt.cameras import Cameras
 from dreamsculpt.config import GuidanceConfig
 from dreamsculpt.devices import resolve_device, resolve_dtype
 from dreamsculpt.errors import DreamsculptError
-from dreamsculpt.guidance.stable_diffusion import (DEFAULT_GUIDANCE_SCALE, StableDiffusionGuidance,
-                                                   load_sd_components)
+from dreamsculpt.guidance.stable_diffusion import (
+    DEFAULT_GUIDANCE_SCALE,
+    StableDiffusionGuidance,
+    load_sd_components,
+)
 from tiny_sd import build_tiny_sd
 
 FRONT = Cameras.from_orbit(-90.0, 0.0, 3.0, 40.0)  # Blender's Front view: camera on -Y

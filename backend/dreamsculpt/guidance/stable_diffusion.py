@@ -24,7 +24,13 @@ from ..config import DEFAULT_SD_MODEL, GuidanceConfig
 from ..devices import resolve_device, resolve_dtype
 from ..errors import DreamsculptError
 from .base import VIEW_NAMES, GuidanceOutput, TimestepSchedule, view_weights
-from .hub import SINGLE_FILE_SUFFIXES, first_line, is_offline_error, load_from_hub, looks_like_path
+from .hub import (
+    SINGLE_FILE_SUFFIXES,
+    first_line,
+    is_offline_error,
+    load_from_hub,
+    looks_like_path,
+)
 
 DEFAULT_GUIDANCE_SCALE = 100.0  # DreamFusion's value: SDS needs far more than sampling's 7.5
 _WHAT_TO_DO = ("Download it once with network access, pass a local copy with --model PATH, "

@@ -1,24 +1,39 @@
-"""The FIFO queue, and the one worker process that runs it.
+"""The FIFO queue, and the decisions about each job's state.
 
-One thread (the dispatcher) owns the worker: it starts it, hands it one job at a time,
-turns its messages into status changes, and stops it when asked, when idle for long enough
-(to give VRAM back) or when the server stops. HTTP handlers only queue, cancel, delete and
-read; they never touch the worker themselves.
+One thread (the dispatcher) hands one job at a time to an executor (executors.py: today a
+worker process on this machine), turns the events it reports into status changes, and
+releases the executor's models when asked, when idle for long enough (to give VRAM back) or
+when the server stops. HTTP handlers only queue, cancel, delete and read; they never touch
+the executor's work themselves.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from enum import Enum
 from importlib import metadata
 
 from .. import __version__
 from ..errors import DreamsculptError
 from ..tasks import JobRequest, task_of
+from .executors import Executor, LocalExecutor, WorkerState
+from .messages import (
+    Cancelled,
+    Event,
+    Failed,
+    Finished,
+    ModelLoaded,
+    PreviewReady,
+    ProgressUpdate,
+    RunJob,
+    Started,
+    StopTimedOut,
+    WorkerDied,
+)
 from .schemas import JobResult, JobState, JobStatus, now
 from .settings import ServerSettings
 from .store import JobStore
@@ -30,13 +45,18 @@ detail = logging.getLogger("dreamsculpt.server.detail")
 #: Seconds a cancelled job may take to stop at a step boundary before its worker is killed
 #: (loading a model or meshing has no step boundary).
 CANCEL_GRACE_S = 10.0
-#: Seconds a new worker may take to import torch and report in.
-WORKER_START_S = 180.0
 PERSIST_EVERY_S = 1.0
 
 
 class Busy(Exception):
     """The request conflicts with the running job."""
+
+
+class StopReason(str, Enum):
+    """Why the running job is being stopped: it ends cancelled, or interrupted (to resume)."""
+
+    cancel = "cancel"
+    shutdown = "shutdown"
 
 
 def _version(package: str) -> str | None:
@@ -46,48 +66,18 @@ def _version(package: str) -> str | None:
         return None
 
 
-class _Worker:
-    """A started worker process and our end of its pipe."""
-
-    def __init__(self, ctx, cancel, device: str):
-        from .worker import worker_main
-
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, cancel, os.getpid(), device),
-                                   name="dreamsculpt-worker", daemon=True)
-        self.process.start()
-        child.close()
-        self.ready = False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        try:
-            self.conn.send(("exit",))
-        except OSError:
-            pass
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        self.conn.close()
-
-
 class Dispatcher:
-    def __init__(self, store: JobStore, settings: ServerSettings):
+    def __init__(self, store: JobStore, settings: ServerSettings, executor: Executor | None = None):
         self.store, self.settings = store, settings
-        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
-        self._cancel = self._ctx.Event()
+        self.executor: Executor = executor if executor is not None else LocalExecutor(settings.device)
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
         self._running: str | None = None
-        self._stop_reason: str | None = None      # "cancel" or "shutdown" while stopping the running job
-        self._kill_at: float | None = None
+        self._stop_reason: StopReason | None = None   # while stopping the running job
         self._stopping = False
         self._release_requested = False
-        self._worker: _Worker | None = None
         self._last_active = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="dreamsculpt-dispatcher", daemon=True)
-        self.device: str | None = None
-        self.models: list[str] = []
 
     # --- called from HTTP handlers ---------------------------------------------------------
     def start(self) -> None:
@@ -117,8 +107,8 @@ class Dispatcher:
             self._queue.append(job.id)
             self._cond.notify_all()
             job.queue_position = len(self._queue) - 1
-        log.info("job %s queued: %s %s prior=%s seed=%s preset=%s steps=%d", job.id, request.kind,
-                 request.subject(), request.prior, request.seed, getattr(request, "preset", "-"), total)
+        log.info("job %s queued: %s %s prior=%s seed=%s preset=%s steps=%d", job.id, request.kind, request.subject(),
+                 request.prior, request.seed, getattr(request, "preset", "-"), total)
         return job
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -146,7 +136,7 @@ class Dispatcher:
                 job = self.store.finish(job_id, JobState.cancelled)
                 log.info("job %s cancelled before it ran", job_id)
             elif job_id == self._running and self._stop_reason is None:
-                self._stop_running("cancel")
+                self._stop_running(StopReason.cancel)
                 job = self.store.update(job_id, stage="cancelling")
         return self.status(job_id)
 
@@ -159,7 +149,7 @@ class Dispatcher:
                 self._queue.remove(job_id)
             if job_id == self._running:
                 if self._stop_reason is None:
-                    self._stop_running("cancel")
+                    self._stop_running(StopReason.cancel)
                 if not self._cond.wait_for(lambda: self._running != job_id, CANCEL_GRACE_S + 20):
                     raise Busy(f"Job {job_id} did not stop in time; try deleting it again.")
             deleted = self.store.delete(job_id)
@@ -172,22 +162,20 @@ class Dispatcher:
         with self._cond:
             if self._running:
                 raise Busy(f"Job {self._running} is running; cancel it or wait before releasing models.")
-            released = list(self.models)
+            released = self.executor.state().models
             self._release_requested = True
             self._cond.notify_all()
             self._cond.wait_for(lambda: not self._release_requested, 60)
         return released
 
     def health(self) -> dict:
+        state = self.executor.state()
         with self._cond:
-            if self._worker is None:
-                worker = "stopped"
-            elif not self._worker.ready:
-                worker = "starting"
-            else:
+            worker = state.worker.value
+            if state.worker is WorkerState.ready:
                 worker = "busy" if self._running else "idle"
-            return {"version": __version__, "device": self.device, "torch": _version("torch"),
-                    "diffusers": _version("diffusers"), "models": list(self.models), "worker": worker,
+            return {"version": __version__, "device": state.device, "torch": _version("torch"),
+                    "diffusers": _version("diffusers"), "models": state.models, "worker": worker,
                     "queue": len(self._queue), "running": self._running}
 
     def stop(self, timeout: float = CANCEL_GRACE_S + 10) -> None:
@@ -196,43 +184,37 @@ class Dispatcher:
         with self._cond:
             self._stopping = True
             if self._running and self._stop_reason is None:
-                self._stop_running("shutdown")
+                self._stop_running(StopReason.shutdown)
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def _stop_running(self, reason: str) -> None:
+    def _stop_running(self, reason: StopReason) -> None:
         """(Lock held.) Ask the running job to stop at its next step."""
         self._stop_reason = reason
-        self._kill_at = time.monotonic() + CANCEL_GRACE_S
-        self._cancel.set()
+        self.executor.cancel(self._running, CANCEL_GRACE_S)
+
+    def _why_stopping(self) -> StopReason | None:
+        with self._cond:
+            return self._stop_reason
 
     # --- the dispatcher thread ---------------------------------------------------------------
     def _loop(self) -> None:
         try:
-            self._ensure_worker()  # start it now: the first job then starts at once
+            self.executor.start()  # now: the first job then starts at once
         except DreamsculptError as exc:
             log.error("%s", exc)
         while True:
             job_id = None
             with self._cond:
-                idle_stop = False
-                while not (self._queue or self._stopping or self._release_requested or idle_stop):
-                    idle_for = time.monotonic() - self._last_active
-                    limit = self.settings.idle_release_s
-                    if self._worker is not None and limit > 0 and idle_for >= limit:
-                        idle_stop = True
-                        log.info("idle for %.0f s: stopping the worker to free memory", idle_for)
-                        break
-                    self._cond.wait(None if self._worker is None or limit <= 0 else max(limit - idle_for, 0.05))
+                self._wait_for_work()
                 if self._stopping:
                     break
                 if self._queue and not self._release_requested:
                     job_id = self._queue.popleft()
-                    self._running, self._stop_reason, self._kill_at = job_id, None, None
-                    self._cancel.clear()
+                    self._running, self._stop_reason = job_id, None
             if job_id is None:  # release on request, or after the idle time
-                self._stop_worker()
+                self.executor.release()
                 with self._cond:
                     self._release_requested = False
                     self._last_active = time.monotonic()
@@ -248,145 +230,110 @@ class Dispatcher:
                 self._running, self._stop_reason = None, None
                 self._last_active = time.monotonic()
                 self._cond.notify_all()
-        self._stop_worker()
+        self.executor.shutdown()
 
-    def _stop_worker(self) -> None:
-        """Stop the worker (if any) and forget its models. Call without the lock held: it
-        waits for the process."""
-        with self._cond:
-            worker, self._worker = self._worker, None
-            released, self.models = self.models, []
-        if worker is not None:
-            worker.stop()
-            log.info("worker stopped%s", f"; released {', '.join(released)}" if released else "")
-
-    def _ensure_worker(self) -> _Worker:
-        if self._worker is not None and self._worker.process.is_alive():
-            return self._worker
-        worker = _Worker(self._ctx, self._cancel, self.settings.device)
-        with self._cond:
-            self._worker, self.models = worker, []
-        deadline = time.monotonic() + WORKER_START_S
-        while time.monotonic() < deadline and worker.process.is_alive():
-            if worker.conn.poll(0.2):
-                kind, info = worker.conn.recv()
-                if kind == "hello":
-                    worker.ready, self.device = True, info["device"]
-                    log.info("worker started (pid %d) on %s", worker.process.pid, info["device"])
-                    return worker
-        self._stop_worker()
-        raise DreamsculptError("The worker process did not start (exit code "
-                               f"{worker.process.exitcode}); see the server log.")
+    def _wait_for_work(self) -> None:
+        """(Lock held.) Wait for a job, a stop or a release request; or return when the
+        executor has held memory without a job for the idle time (the loop releases it)."""
+        while not (self._queue or self._stopping or self._release_requested):
+            idle_for = time.monotonic() - self._last_active
+            limit = self.settings.idle_release_s
+            holding = self.executor.state().worker is not WorkerState.stopped
+            if holding and limit > 0 and idle_for >= limit:
+                log.info("idle for %.0f s: stopping the worker to free memory", idle_for)
+                return
+            self._cond.wait(max(limit - idle_for, 0.05) if holding and limit > 0 else None)
 
     def _run(self, job_id: str) -> None:
         job = self.store.get(job_id)
         if job is None:
             return
         resume = job.started is not None
+        run = RunJob(job_id, job.request.model_dump(mode="json"), str(self.store.folder(job_id)), resume)
         try:
-            worker = self._ensure_worker()
+            self.executor.submit(run)
         except DreamsculptError as exc:
             self.store.finish(job_id, JobState.failed, str(exc))
             return
         self.store.update(job_id, status=JobState.running, stage="loading", started=job.started or now(),
                           error=None)
         log.info("job %s %s", job_id, "resuming" if resume else "started")
-        worker.conn.send(("run", job_id, job.request.model_dump(mode="json"), str(self.store.folder(job_id)), resume))
-        _JobRun(self, worker, job_id).follow()
+        _JobRun(self.store, self.executor, job_id, self._why_stopping).follow()
 
 
 class _JobRun:
-    """Follows one job's messages until it ends; decides its final state."""
+    """Follows one job's events until it ends; decides its final state."""
 
-    def __init__(self, dispatcher: Dispatcher, worker: _Worker, job_id: str):
-        self.d, self.worker, self.job_id = dispatcher, worker, job_id
+    def __init__(self, store: JobStore, executor: Executor, job_id: str,
+                 why_stopping: Callable[[], StopReason | None]):
+        self.store, self.executor, self.job_id = store, executor, job_id
+        self.why_stopping = why_stopping   # None unless the job was asked to stop
         self.resumed = False
         self.last_persist = 0.0
 
     def follow(self) -> None:
-        store, conn = self.d.store, self.worker.conn
         while True:
-            try:
-                message = conn.recv() if conn.poll(0.2) else None
-            except (EOFError, OSError):
-                message = None
-            if message is not None:
-                if self.handle(message):
-                    if conn.poll(5):  # the worker's list of loaded models follows the outcome
-                        self.handle(conn.recv())
+            for event in self.executor.events(0.2):
+                if getattr(event, "job_id", None) not in (None, self.job_id):
+                    continue   # a late word about an earlier job
+                if self.handle(event):
                     return
-                continue
-            if not self.worker.process.is_alive():
-                self.worker.process.join(1)
-                code = self.worker.process.exitcode
-                self.d._stop_worker()
-                if self.d._stop_reason is not None:
-                    self.end_stopped()
-                else:
-                    store.finish(self.job_id, JobState.failed,
-                                 f"The worker process died (exit code {code}; -9 is often the system running "
-                                 "out of memory). Run the job again; if it happens again, see the server log.")
-                    log.error("job %s failed: worker died with exit code %s", self.job_id, code)
-                return
-            kill_at = self.d._kill_at
-            if kill_at is not None and time.monotonic() > kill_at:
-                log.warning("job %s did not stop within %.0f s; stopping its worker", self.job_id, CANCEL_GRACE_S)
-                self.d._stop_worker()
+
+    def handle(self, event: Event) -> bool:
+        """Apply one event; True when the job has ended."""
+        job_id = self.job_id
+        match event:
+            case Started(resumed=resumed):
+                self.resumed = resumed
+            case ProgressUpdate():
+                self.progress(event)
+            case PreviewReady(step=step):
+                self.store.update(job_id, persist=False, preview_step=step)
+            case ModelLoaded(name=name, seconds=seconds):
+                log.info("job %s: loaded %s in %.1f s (kept for the next jobs)", job_id, name, seconds)
+            case Finished(result=fields, summary=summary):
+                result = JobResult(**fields, files=self.store.result_files(job_id))
+                self.store.finish(job_id, JobState.done, result=result)
+                log.info("job %s done in %.1f s: %s", job_id, result.seconds, summary)
+                return True
+            case Failed(message=message, traceback=trace):
+                self.store.finish(job_id, JobState.failed, message)
+                log.error("job %s failed: %s", job_id, message)
+                if trace:
+                    detail.error("job %s traceback:\n%s", job_id, trace)
+                return True
+            case WorkerDied(exit_code=code) if self.why_stopping() is None:
+                self.store.finish(job_id, JobState.failed,
+                                  f"The worker process died (exit code {code}; -9 is often the system running "
+                                  "out of memory). Run the job again; if it happens again, see the server log.")
+                log.error("job %s failed: worker died with exit code %s", job_id, code)
+                return True
+            case Cancelled() | StopTimedOut() | WorkerDied():   # it was asked to stop, and it did
                 self.end_stopped()
-                return
+                return True
+        return False
+
+    def progress(self, p: ProgressUpdate) -> None:
+        changes = {"step": p.step, "total": p.total, "loss": p.loss, "elapsed_s": p.elapsed_s, "eta_s": p.eta_s}
+        if self.why_stopping() is None:   # keep "cancelling" up while it stops
+            changes["stage"] = p.stage
+        if self.resumed:
+            changes["resumed_from"], self.resumed = p.step - 1, False
+            log.info("job %s resumed from its checkpoint at step %d", self.job_id, p.step - 1)
+        now = time.monotonic()
+        job = self.store.get(self.job_id)
+        stage_changed = job is not None and job.stage != changes.get("stage", job.stage)
+        persist = now - self.last_persist > PERSIST_EVERY_S or stage_changed
+        self.store.update(self.job_id, persist=persist, **changes)
+        self.last_persist = now if persist else self.last_persist
 
     def end_stopped(self) -> None:
-        job = self.d.store.get(self.job_id)
+        job = self.store.get(self.job_id)
         step = job.step if job else 0
-        if self.d._stop_reason == "shutdown":
-            self.d.store.update(self.job_id, status=JobState.interrupted, stage="interrupted", eta_s=None)
+        if self.why_stopping() is StopReason.shutdown:
+            self.store.update(self.job_id, status=JobState.interrupted, stage="interrupted", eta_s=None)
             log.info("job %s interrupted at step %d by the server stopping; it resumes on the next start",
                      self.job_id, step)
         else:
-            self.d.store.finish(self.job_id, JobState.cancelled)
+            self.store.finish(self.job_id, JobState.cancelled)
             log.info("job %s cancelled at step %d", self.job_id, step)
-
-    def handle(self, message: tuple) -> bool:
-        """Apply one worker message; True when the job has ended."""
-        kind, store, job_id = message[0], self.d.store, self.job_id
-        if kind == "started":
-            self.resumed = message[2]
-        elif kind == "progress":
-            p = message[2]
-            changes = {k: p[k] for k in ("step", "total", "loss", "elapsed_s", "eta_s")}
-            if self.d._stop_reason is None:
-                changes["stage"] = p["stage"]
-            if self.resumed:
-                changes["resumed_from"], self.resumed = p["step"] - 1, False
-                log.info("job %s resumed from its checkpoint at step %d", job_id, p["step"] - 1)
-            now = time.monotonic()
-            job = store.get(job_id)
-            stage_changed = job is not None and job.stage != changes.get("stage", job.stage)
-            persist = now - self.last_persist > PERSIST_EVERY_S or stage_changed
-            store.update(job_id, persist=persist, **changes)
-            self.last_persist = now if persist else self.last_persist
-        elif kind == "preview":
-            store.update(job_id, persist=False, preview_step=message[2])
-        elif kind == "models":
-            with self.d._cond:
-                self.d.models = list(message[1])
-        elif kind == "loaded":
-            with self.d._cond:
-                self.d.models.append(message[1])
-            log.info("job %s: loaded %s in %.1f s (kept for the next jobs)", job_id, message[1], message[2])
-        elif kind == "done":
-            r = message[2]
-            result = JobResult(**r, files=store.result_files(job_id))
-            store.finish(job_id, JobState.done, result=result)
-            log.info("job %s done in %.1f s: %s", job_id, r["seconds"], message[3])
-            return True
-        elif kind == "failed":
-            store.finish(job_id, JobState.failed, message[2])
-            log.error("job %s failed: %s", job_id, message[2])
-            if message[3]:
-                detail.error("job %s traceback:\n%s", job_id, message[3])
-            return True
-        elif kind == "cancelled":
-            self.end_stopped()
-            return True
-        return False

@@ -1,18 +1,23 @@
-"""The worker process: runs the engine (the task of a job's kind), one job at a time, for the
-server process.
+"""The worker process of LocalExecutor (executors.py): runs the engine, one job at a time,
+for the server process.
 
 Torch lives here and only here, so the server keeps answering HTTP while a job takes both
 cores, a crash in the engine cannot take the server down, and stopping this process gives
-every byte of (V)RAM back. Messages over a multiprocessing Pipe:
+every byte of (V)RAM back. Messages over a multiprocessing Pipe, dataclasses from
+messages.py:
 
-    server -> worker   ("run", job_id, request_dict, folder, resume) | ("exit",)
-    worker -> server   ("hello", info) | ("started", job_id) | ("progress", job_id, dict)
-                       | ("preview", job_id, step) | ("done", job_id, outputs, summary)
-                       | ("failed", job_id, message, traceback_or_None) | ("cancelled", job_id)
-                       | ("loaded", name, seconds) | ("models", names)
+    server -> worker   RunJob(job_id, request, folder, resume) | Exit()
+    worker -> server   Hello(device, torch), once at start; then for each job
+                       Started(job_id, resumed), ProgressUpdate(job_id, step, total, ...)
+                       and PreviewReady(job_id, step) as it runs, ModelLoaded(name, seconds)
+                       when it loads a model, then ModelsHeld(names) and the outcome:
+                       Finished(job_id, result, summary) | Failed(job_id, message, traceback)
+                       | Cancelled(job_id)
 
-Cancellation is a shared Event that the optimisation loop checks before every step.
-The worker dies with the server (PR_SET_PDEATHSIG on Linux, a parent check elsewhere).
+The job arrives as its request (JSON), not as an engine configuration: the worker validates
+it again and runs the task of its kind (tasks.TASKS) in _run_engine. Cancellation is a shared Event that the optimisation loop checks
+before every step. The worker dies with the server (PR_SET_PDEATHSIG on Linux, a parent
+check elsewhere).
 """
 
 from __future__ import annotations
@@ -22,6 +27,20 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+
+from .messages import (
+    Cancelled,
+    Exit,
+    Failed,
+    Finished,
+    Hello,
+    ModelLoaded,
+    ModelsHeld,
+    PreviewReady,
+    ProgressUpdate,
+    RunJob,
+    Started,
+)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -50,7 +69,7 @@ def _write_png(image, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _device_info(device: str) -> dict:
+def _hello(device: str) -> Hello:
     import torch
 
     from ..devices import resolve_device
@@ -63,57 +82,72 @@ def _device_info(device: str) -> dict:
             name = f"{resolved} ({torch.cuda.get_device_name(resolved)})"
     except DreamsculptError as exc:
         name = f"unavailable: {exc}"
-    return {"device": name, "torch": torch.__version__}
+    return Hello(name, torch.__version__)
 
 
-def run_job(conn, cancel, models, job_id: str, request_dict: dict, folder: str, resume: bool,
-            parent_pid: int, device: str) -> None:
-    import torch
-    from pydantic import TypeAdapter
-
-    from ..callbacks import Callbacks
-    from ..errors import CancelledError, DreamsculptError
-    from ..tasks import JobRequest, task_of
+def run_job(conn, cancel, models, job: RunJob, device: str, parent_pid: int) -> None:
+    """Run one job, reporting as it goes; always ends with ModelsHeld and the outcome."""
+    from ..optimize import Callbacks
     from ..tasks.stages import CHECKPOINT
-    from .store import INPUT_IMAGE
 
-    folder = Path(folder)
-    out = folder / "out"
-    resume = resume and (out / CHECKPOINT).is_file()
-    conn.send(("started", job_id, resume))
+    folder = Path(job.folder)
+    resume = job.resume and (folder / "out" / CHECKPOINT).is_file()
+    conn.send(Started(job.job_id, resume))
 
     def on_progress(p):
-        conn.send(("progress", job_id, {"step": p.step, "total": p.total, "loss": p.loss,
-                                        "elapsed_s": p.elapsed_s, "eta_s": p.eta_s, "stage": p.stage}))
+        conn.send(ProgressUpdate(job.job_id, p.step, p.total, p.loss, p.elapsed_s, p.eta_s, p.stage))
 
     def on_preview(step, image):
         _write_png(image, folder / "preview.png")
-        conn.send(("preview", job_id, step))
+        conn.send(PreviewReady(job.job_id, step))
 
     def should_cancel():
         return cancel.is_set() or os.getppid() != parent_pid
 
+    outcome = _outcome(job, device, resume, Callbacks(on_progress, on_preview, should_cancel), models)
+    # The models first: when the server sees the outcome, /health already lists what is held.
+    conn.send(ModelsHeld(models.names()))
+    conn.send(outcome)
+
+
+def _outcome(job: RunJob, device: str, resume: bool, callbacks, models) -> Finished | Failed | Cancelled:
+    """Run the job; what became of it, with what went wrong said for the user."""
+    import torch
+    from pydantic import TypeAdapter
+
+    from ..errors import CancelledError, DreamsculptError
+    from ..tasks import JobRequest
+
     try:
-        request = TypeAdapter(JobRequest).validate_python(request_dict)
-        result = task_of(request).run(request, out, Callbacks(on_progress, on_preview, should_cancel), models,
-                                      device=device, resume=resume, image=folder / INPUT_IMAGE)
-        conn.send(("done", job_id, {**result.outputs(), "seconds": round(result.seconds, 2)}, result.summary()))
+        request = TypeAdapter(JobRequest).validate_python(job.request)
+        result, summary = _run_engine(request, device, Path(job.folder), resume, callbacks, models)
+        return Finished(job.job_id, result, summary)
     except CancelledError:
-        conn.send(("cancelled", job_id))
+        return Cancelled(job.job_id)
     except DreamsculptError as exc:
-        conn.send(("failed", job_id, str(exc), None))
+        return Failed(job.job_id, str(exc))
     except torch.cuda.OutOfMemoryError:
         models.clear()
-        conn.send(("failed", job_id, ("The GPU ran out of memory. Close other GPU programs, use preset "
-                                      "'preview' or a lower resolution, or set fp16."), traceback.format_exc()))
+        return Failed(job.job_id, "The GPU ran out of memory. Close other GPU programs, use preset 'preview' "
+                                  "or a lower resolution, or set fp16.", traceback.format_exc())
     except MemoryError:
         models.clear()
-        conn.send(("failed", job_id, ("The machine ran out of memory. Use preset 'preview', a lower "
-                                      "resolution or mesh resolution."), None))
+        return Failed(job.job_id, "The machine ran out of memory. Use preset 'preview', a lower resolution "
+                                  "or mesh resolution.")
     except Exception as exc:  # noqa: BLE001 - a bug: report it, keep serving the queue
-        conn.send(("failed", job_id, (f"Internal error ({type(exc).__name__}: {exc}); the traceback is "
-                                      "in the server log. Please report it."), traceback.format_exc()))
-    conn.send(("models", models.names()))
+        return Failed(job.job_id, f"Internal error ({type(exc).__name__}: {exc}); the traceback is in the "
+                                  "server log. Please report it.", traceback.format_exc())
+
+
+def _run_engine(request, device: str, folder: Path, resume: bool, callbacks, models) -> tuple[dict, str]:
+    """Run the task of the job's kind (tasks.TASKS) in `folder`/out; returns JobResult's fields
+    (but `files`): the kind's outputs and the seconds, and the task's one-line summary."""
+    from ..tasks import task_of
+    from .store import INPUT_IMAGE
+
+    result = task_of(request).run(request, folder / "out", callbacks, models, device=device, resume=resume,
+                                  image=folder / INPUT_IMAGE)
+    return {**result.outputs(), "seconds": round(result.seconds, 2)}, result.summary()
 
 
 def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
@@ -122,16 +156,16 @@ def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us cleanly
     from ..models import ModelCache
 
-    models = ModelCache(on_load=lambda name, seconds: conn.send(("loaded", name, seconds)))
-    conn.send(("hello", _device_info(device)))
+    models = ModelCache(on_load=lambda name, seconds: conn.send(ModelLoaded(name, seconds)))
+    conn.send(_hello(device))
     from .. import image_priors, priors  # noqa: F401 - the engine, imported while idle: the first job starts at once
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):  # the server went away
             return
-        if message[0] == "exit":
-            return
-        if message[0] == "run":
-            _, job_id, request_dict, folder, resume = message
-            run_job(conn, cancel, models, job_id, request_dict, folder, resume, parent_pid, device)
+        match message:
+            case Exit():
+                return
+            case RunJob():
+                run_job(conn, cancel, models, message, device, parent_pid)
