@@ -23,9 +23,11 @@ test: venv
 	$(VENV)/bin/python -m pytest -q --durations=15
 
 # The unit tier for the edit-run loop: everything not marked slow (no server, Blender or CLI
-# process, no long optimisation run); under 2 minutes on 2 cores.
+# process, no long optimisation run). One OpenMP thread: its tensors are tiny, and on a busy
+# 2-core machine torch's two threads wait on each other (measured at load 3.5: 29 s with one
+# thread, 2 min 49 s with two).
 test-fast: venv
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -m "not slow"
 
 # Prints the markdown tables of bench/README.md (about 20 minutes on 2 cores; run it on a quiet machine).
 bench: venv

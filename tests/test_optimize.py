@@ -172,7 +172,6 @@ def test_nan_guidance_stops_with_a_clear_error():
     assert t.step_index == 0
 
 
-@pytest.mark.slow   # 30 steps with 160 px previews
 def test_slow_previews_are_spaced_to_their_time_budget():
     """A preview far costlier than a step is not rendered at every due step; the last one is."""
     config = tiny_config(steps=30)

@@ -207,7 +207,6 @@ def test_stable_zero123_uses_the_reference_polar_angle_instead_of_distance():
 
 # --------------------------------------------------------------------------- novel views
 
-@pytest.mark.slow   # three DDIM samplings of three views
 def test_novel_views_shape_range_reproducible_and_distinct(parts, reference):
     calls = []
     views = sample_novel_views(parts, reference, FRONT, RING, steps=3,
@@ -224,7 +223,6 @@ def test_novel_views_shape_range_reproducible_and_distinct(parts, reference):
     assert calls == [(3, 9), (6, 9), (9, 9)]   # one batched step = 3 view-steps
 
 
-@pytest.mark.slow
 def test_autoregressive_views_condition_on_the_views_already_made(parts, reference):
     calls = []
     kwargs = {"steps": 2, "generator": torch.Generator().manual_seed(0)}
