@@ -1,5 +1,7 @@
 """The job server's API as pydantic models: validation, the OpenAPI schema and the shape of
-every status file come from these, not from hand-written checks."""
+every status file come from these, not from hand-written checks. What a job asks for is a
+request of requests.py (`JobRequest`, the union of the kind table's request models); this
+module holds what the server says back: job status and results, health, uploads."""
 
 from __future__ import annotations
 
