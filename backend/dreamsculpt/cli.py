@@ -19,6 +19,7 @@ from .config import (
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
+    ORIGINS,
     PRESETS,
     PRIORS,
     ZERO123_VARIANTS,
@@ -92,8 +93,15 @@ def _add_mesh_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, help="render size during optimisation (default: from the preset)")
     p.add_argument("--mesh-resolution", type=int, help="marching-cubes grid size (default: from the preset)")
     p.add_argument("--threshold", type=float, help="density level of the surface (default: automatic)")
-    p.add_argument("--max-faces", type=int, help="decimate the mesh to this many faces")
-    p.add_argument("--obj", action="store_true", help="also write mesh.obj")
+    p.add_argument("--max-faces", type=int,
+                   help="face budget, applied before unwrapping (default: from the preset, 10k / 50k / 100k)")
+    p.add_argument("--texture-size", type=int,
+                   help="base-colour texture, texels per side (default: from the preset, 512 / 1024 / 2048)")
+    p.add_argument("--normal-map", action="store_true", help="also bake a normal map from the dense surface")
+    p.add_argument("--size", type=float, metavar="METRES", help="real-world size: the longest side, in metres")
+    p.add_argument("--origin", choices=ORIGINS, default="center",
+                   help="the object's origin: its bounding box's centre, or its bottom (it stands on the floor)")
+    p.add_argument("--obj", action="store_true", help="also write mesh.obj, mesh.mtl and texture.png")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
 
 
@@ -125,7 +133,8 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
 #: Options whose request field has another name (dest -> field path); the rest are the same.
 FIELDS: dict[str, tuple[str, ...]] = {
     "mesh_resolution": ("mesh", "resolution"), "threshold": ("mesh", "threshold"),
-    "max_faces": ("mesh", "max_faces"), "obj": ("mesh", "obj"),
+    "max_faces": ("mesh", "max_faces"), "obj": ("mesh", "obj"), "texture_size": ("mesh", "texture_size"),
+    "normal_map": ("mesh", "normal_map"), "size": ("mesh", "size"), "origin": ("mesh", "origin"),
     "elevation": ("elevation_deg",), "azimuth": ("azimuth_deg",), "fov": ("fov_deg",),
 }
 #: Options of the run, not of the request (where and how it runs, and what the CLI shows).

@@ -24,10 +24,10 @@ from .config import (
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
     LIMITS,
+    ORIGINS,
     PRESETS,
     PRIORS,
     ZERO123_VARIANTS,
-    MeshConfig,
     RunConfig,
     build_config,
     build_image_config,
@@ -66,9 +66,18 @@ class MeshOptions(BaseModel):
     resolution: int | None = Field(None, ge=LIMITS["mesh_resolution"][0], le=LIMITS["mesh_resolution"][1],
                                    description="Marching-cubes grid size (default: the preset's).")
     threshold: float | None = Field(None, gt=0, le=1e6, description="Density of the surface (default: automatic).")
-    max_faces: int | None = Field(MeshConfig.max_faces, ge=LIMITS["max_faces"][0], le=LIMITS["max_faces"][1],
-                                  description="Decimate to this many faces; null keeps every face.")
-    obj: bool = Field(False, description="Also write result.obj.")
+    max_faces: int | None = Field(None, ge=LIMITS["max_faces"][0], le=LIMITS["max_faces"][1],
+                                  description="Face budget: the mesh is decimated to it before it is unwrapped "
+                                              "(default: the preset's, 10k / 50k / 100k).")
+    texture_size: int | None = Field(None, ge=LIMITS["texture_size"][0], le=LIMITS["texture_size"][1],
+                                     description="Base-colour texture, texels per side (default: the preset's, "
+                                                 "512 / 1024 / 2048).")
+    normal_map: bool = Field(False, description="Also bake a tangent-space normal map from the dense surface.")
+    size: float | None = Field(None, gt=0, le=10_000, description="Real-world size: the longest side in metres "
+                                                                    "(default: the field's own units, about 1.5).")
+    origin: Literal[ORIGINS] = Field("center", description="The object's origin: the centre of its bounding box, "  # type: ignore[valid-type]
+                                                           "or the centre of its bottom (it stands on the floor).")
+    obj: bool = Field(False, description="Also write result.obj, result.mtl and texture.png.")
 
 
 class CameraSpec(BaseModel):
@@ -139,7 +148,9 @@ class _Optimised(_Run):
     def _optimise_options(self) -> dict:
         m = self.mesh
         return {"preset": self.preset, "steps": self.steps, "resolution": self.resolution,
-                "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces, "obj": m.obj}
+                "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces,
+                "texture_size": m.texture_size, "normal_map": m.normal_map, "size": m.size, "origin": m.origin,
+                "obj": m.obj}
 
 
 class TextTo3DRequest(_Optimised):
