@@ -73,7 +73,7 @@ def run_shape(shape: str, args: argparse.Namespace, out_root: Path) -> dict:
                 "iou": 0.0, "error": str(exc), "out_dir": str(out_dir)}
     mesh = trimesh.load(out_dir / "mesh.ply", process=False)
     iou = voxel_iou(mesh, lambda p: shape_occupancy(shape, p), resolution=64)
-    colour = np.asarray(mesh.visual.vertex_colors[:, :3], dtype=np.float64).mean(0) / 255.0
+    colour = np.asarray(mesh.vertex_attributes["color"][:, :3], dtype=np.float64).mean(0) / 255.0
     run = json.loads((out_dir / "run.json").read_text())
     steps = config.train.steps
     return {

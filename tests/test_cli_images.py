@@ -161,7 +161,7 @@ def test_image_to_3d_with_a_blender_camera(workspace, tmp_path, capsys):
     assert match, line
     mesh = trimesh.load(out / "mesh.ply", process=False)
     assert len(mesh.faces) == int(match.group(2)) > 100
-    colour = np.asarray(mesh.visual.vertex_colors)[:, :3].mean(0)
+    colour = np.asarray(mesh.vertex_attributes["color"])[:, :3].mean(0)
     assert colour[0] > 2 * colour[1], colour     # red
     run = json.loads((out / "run.json").read_text())
     assert run["kind"] == "image_to_3d" and run["steps"] == 40 and run["prior"] == "builtin"

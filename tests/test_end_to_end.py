@@ -67,7 +67,7 @@ def measure(out: Path, shape: str, run: dict) -> tuple[float, np.ndarray]:
     assert len(mesh.vertices) == run["vertices"] and len(mesh.faces) == run["faces"]
     assert mesh.is_watertight
     iou = voxel_iou(mesh, lambda p: shape_occupancy(shape, p))
-    colour = np.asarray(mesh.visual.vertex_colors)[:, :3].mean(0) / 255.0
+    colour = np.asarray(mesh.vertex_attributes["color"])[:, :3].mean(0) / 255.0
     print(f"{out.name}: IoU {iou:.3f}, mean colour {np.round(colour, 3).tolist()}, "
           f"{run['vertices']} vertices, {run['seconds']:.0f} s")
     return iou, colour

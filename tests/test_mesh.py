@@ -10,7 +10,7 @@ import trimesh
 from dreamsculpt.config import FieldConfig, MeshConfig
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.fields import TriplaneField
-from dreamsculpt.mesh import Mesh, export_mesh, extract_mesh
+from dreamsculpt.mesh import Surface, decimate, extract_mesh, extract_surface
 from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.shapes.geometry import shape_occupancy
 
@@ -103,49 +103,22 @@ def test_max_faces_decimates():
     assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, rel=0.03)
 
 
-@pytest.fixture(scope="module")
-def offset_ellipsoid() -> Mesh:
-    """Distinct extents along every axis (0.3, 0.45, 0.8 half-axes) and an off-centre
-    position, so any axis swap or sign flip in an exported file shows."""
-    field = AnalyticField(centre=(0.1, 0.2, -0.1), radii=(0.3, 0.45, 0.8))
-    return extract_mesh(field, MeshConfig(resolution=64, threshold=PEAK / 2))[0]
+def test_decimation_keeps_a_closed_surface_closed_and_clean():
+    dense, _ = extract_surface(AnalyticField(), MeshConfig(resolution=96, threshold=PEAK / 2))
+    assert dense.is_watertight() and len(dense.faces) > 20_000
+    for budget in (5000, 500, 60):
+        light = decimate(dense, budget)
+        assert len(light.faces) <= budget
+        assert light.is_watertight(), budget
+        assert light.to_trimesh().area_faces.min() > 0          # no degenerate faces
+        assert light.to_trimesh().volume > 0                     # outward, closed
 
 
-def load_glb(path) -> trimesh.Trimesh:
-    scene = trimesh.load(path)
-    return scene.to_geometry() if isinstance(scene, trimesh.Scene) else scene
-
-
-def test_export_writes_ply_with_colours_and_a_y_up_glb(offset_ellipsoid, tmp_path):
-    written = export_mesh(offset_ellipsoid, tmp_path)
-    assert sorted(p.name for p in written) == ["mesh.glb", "mesh.ply"]
-    assert not (tmp_path / "mesh.obj").exists()
-
-    ply = trimesh.load(tmp_path / "mesh.ply", process=False)
-    assert len(ply.vertices) == len(offset_ellipsoid.vertices)
-    assert np.allclose(ply.vertices, offset_ellipsoid.vertices, atol=1e-6)
-    colours = np.asarray(ply.visual.vertex_colors)[:, :3] / 255.0
-    assert np.allclose(colours, offset_ellipsoid.colours, atol=1 / 255)
-    # The engine frame is Z up: the 0.8 half-axis is Z, centred at z = -0.1.
-    assert ply.extents.tolist() == pytest.approx([0.6, 0.9, 1.6], abs=0.04)
-    assert ply.bounds.mean(0).tolist() == pytest.approx([0.1, 0.2, -0.1], abs=0.02)
-
-    glb = load_glb(tmp_path / "mesh.glb")
-    # glTF is Y up: (x, y, z) -> (x, z, -y). The glb's up (Y) extent is the ply's Z extent.
-    assert glb.extents[1] == pytest.approx(ply.extents[2], abs=1e-4)
-    assert glb.extents.tolist() == pytest.approx([ply.extents[0], ply.extents[2], ply.extents[1]], abs=1e-4)
-    assert glb.bounds.mean(0).tolist() == pytest.approx([0.1, -0.1, -0.2], abs=0.02)
-    assert len(glb.vertices) == len(ply.vertices)
-    glb_colours = np.asarray(glb.visual.vertex_colors)[:, :3] / 255.0
-    assert np.allclose(glb_colours.mean(0), colours.mean(0), atol=1 / 255)
-
-
-def test_export_obj_when_asked(offset_ellipsoid, tmp_path):
-    written = export_mesh(offset_ellipsoid, tmp_path, obj=True)
-    assert (tmp_path / "mesh.obj") in written
-    obj = trimesh.load(tmp_path / "mesh.obj", process=False)
-    assert obj.extents.tolist() == pytest.approx([0.6, 0.9, 1.6], abs=0.04)  # Z up, like the ply
-    assert len(obj.faces) == len(offset_ellipsoid.faces)
+def test_a_surface_under_budget_is_only_cleaned():
+    box = trimesh.creation.box(extents=(1, 1, 1))
+    doubled = np.concatenate([box.faces, box.faces[:1]])        # one face repeated
+    light = decimate(Surface(np.asarray(box.vertices, np.float32), doubled), 1000)
+    assert len(light.faces) == 12 and light.is_watertight()
 
 
 def test_voxel_iou_of_a_unit_box_against_the_cube():

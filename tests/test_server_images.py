@@ -235,7 +235,7 @@ def test_image_to_3d_runs_and_says_where_its_mesh_goes(api, server, image_id, cu
     mesh = trimesh.load(io.BytesIO(ply.content), file_type="ply")
     assert len(mesh.faces) == result["faces"]
     assert np.abs(mesh.vertices).max() <= 1.0 + 1e-3          # written in the canonical frame
-    colours = mesh.visual.vertex_colors[:, :3].astype(float)
+    colours = mesh.vertex_attributes["color"][:, :3].astype(float)
     assert (colours[:, 0] > colours[:, 1] + 30).mean() > 0.5   # a red cube is red
     run = api.get(f"/jobs/{job['id']}/run.json").json()
     assert run["kind"] == "image_to_3d" and run["steps"] == 60

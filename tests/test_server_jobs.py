@@ -42,7 +42,7 @@ def test_submit_poll_download(api, server):
     assert ply.status_code == 200
     mesh = trimesh.load(io.BytesIO(ply.content), file_type="ply")
     assert len(mesh.faces) == job["result"]["faces"]
-    colours = mesh.visual.vertex_colors[:, :3].astype(float)
+    colours = mesh.vertex_attributes["color"][:, :3].astype(float)
     assert (colours[:, 0] > colours[:, 1] + 30).mean() > 0.5    # a red cube is red
     glb = api.get(f"/jobs/{job['id']}/result.glb")
     assert glb.headers["content-type"] == "model/gltf-binary" and glb.content[:4] == b"glTF"

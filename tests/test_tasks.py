@@ -60,7 +60,7 @@ def test_one_writer_for_every_kind(tmp_path):
     beside them (as the job server's result), the placement where there is one."""
     common = dict(request={"kind": "x"}, seed=7, seconds=12.345, device="cpu", config={"train": {}})
     mesh = RunRecord(kind="text_to_3d", prior=PriorRecord("builtin", "builtin: red cube", None),
-                     outputs=MeshOutputs(steps=60, vertices=10, faces=16, threshold=5.0),
+                     outputs=MeshOutputs(steps=60, vertices=10, faces=16, threshold=5.0, texture_size=512),
                      ms_per_step={"render": 1.5}, **common)
     views = RunRecord(kind="novel_views", prior=PriorRecord("zero123", "zero123: m (zero123)", "m"),
                       outputs=ViewsOutputs(views=4, sample_steps=3, seconds_per_view=0.5),
@@ -80,4 +80,4 @@ def test_one_writer_for_every_kind(tmp_path):
     assert result.outputs() == {"views": 4, "sample_steps": 3, "seconds_per_view": 0.5}
     assert result.summary() == f"wrote 4 views to {tmp_path / 'views'}/ (novel_views.png) in 12 s"
     assert TaskResult(tmp_path / "mesh", mesh).summary() == \
-        f"wrote {tmp_path / 'mesh'}/mesh.ply (10 vertices, 16 faces) in 12 s"
+        f"wrote {tmp_path / 'mesh'}/mesh.glb (10 vertices, 16 faces, 512² texture) in 12 s"

@@ -11,8 +11,8 @@ follows what the renders show, whatever the density scale the optimisation settl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+import fast_simplification
 import mcubes
 import numpy as np
 import torch
@@ -24,6 +24,35 @@ from .config import MeshConfig
 from .errors import DreamsculptError
 from .fields import OccupancyGrid, TriplaneField
 from .rendering import render
+
+
+@dataclass
+class Surface:
+    """A closed triangle surface. vertices: [V, 3] float32 world (Z up, inside [-1, 1]^3);
+    faces: [F, 3] int64, counter-clockwise seen from outside."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+
+    def to_trimesh(self) -> trimesh.Trimesh:
+        return trimesh.Trimesh(self.vertices, self.faces, process=False)
+
+    def is_watertight(self) -> bool:
+        """Every edge shared by exactly two faces, wound consistently."""
+        mesh = self.to_trimesh()
+        return bool(mesh.is_watertight and mesh.is_winding_consistent)
+
+    def cleaned(self) -> "Surface":
+        """Without zero-area or repeated faces and unused vertices, coincident vertices merged."""
+        mesh = self.to_trimesh()
+        mesh.merge_vertices()
+        mesh.update_faces(mesh.nondegenerate_faces(height=1e-9) & mesh.unique_faces())
+        mesh.remove_unreferenced_vertices()
+        return Surface(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64))
+
+    def vertex_normals(self) -> np.ndarray:
+        """[V, 3] unit normals, the area-weighted mean of the faces around each vertex."""
+        return np.asarray(self.to_trimesh().vertex_normals, dtype=np.float32)
 
 
 @dataclass
@@ -77,8 +106,10 @@ def auto_threshold(field: TriplaneField, occupancy: OccupancyGrid | None = None,
 
 
 @torch.no_grad()
-def extract_mesh(field: TriplaneField, config: MeshConfig, occupancy: OccupancyGrid | None = None) -> tuple[Mesh, float]:
-    """Marching cubes of the density at `config.resolution`^3. Returns (mesh, threshold used)."""
+def extract_surface(field: TriplaneField, config: MeshConfig,
+                    occupancy: OccupancyGrid | None = None) -> tuple[Surface, float]:
+    """The dense surface: marching cubes of the density at `config.resolution`^3, cleaned to
+    one closed solid (watertight). Returns (surface, threshold used)."""
     threshold = config.threshold if config.threshold is not None else auto_threshold(field, occupancy)
     bound, res = field.config.bound, config.resolution
     grid = clean_solid(field.density_grid(res).cpu().numpy(), threshold, config.min_component_fraction)
@@ -88,15 +119,41 @@ def extract_mesh(field: TriplaneField, config: MeshConfig, occupancy: OccupancyG
         raise DreamsculptError(f"No surface at density threshold {threshold:.3g} (densest point {grid.max():.3g}). "
                                "Try a lower --threshold, more --steps or another --seed.")
     verts = (verts - 1.0) / (res - 1) * 2.0 * bound - bound
-    mesh = trimesh.Trimesh(verts, faces.astype(np.int64), process=True)
-    if config.max_faces and len(mesh.faces) > config.max_faces:
-        mesh = mesh.simplify_quadric_decimation(face_count=config.max_faces)
-    if len(mesh.faces) < 4:
+    surface = Surface(verts.astype(np.float32), faces.astype(np.int64)).cleaned()
+    if len(surface.faces) < 4:
         raise DreamsculptError("The extracted mesh is degenerate (fewer than 4 faces). "
                                "Try a lower --threshold, more --steps or another --seed.")
-    vertices = np.asarray(mesh.vertices, dtype=np.float32)
-    colours = field.albedo_at(torch.from_numpy(vertices).to(field.planes.device)).cpu().numpy().astype(np.float32)
-    return Mesh(vertices, np.asarray(mesh.faces, dtype=np.int64), colours), threshold
+    return surface, threshold
+
+
+def decimate(surface: Surface, max_faces: int) -> Surface:
+    """`surface` with at most `max_faces` faces (quadric edge collapse), without degenerate
+    faces; a watertight input stays watertight.
+
+    Collapses can pinch thin parts into edges shared by four faces. When a closed input comes
+    out open, the collapse is redone less aggressively (fast-simplification's `agg`: lower
+    collapses in smaller, more careful rounds)."""
+    if len(surface.faces) <= max_faces:
+        return surface.cleaned()
+    closed = surface.is_watertight()
+    for aggressiveness in (7, 4, 2):
+        vertices, faces = fast_simplification.simplify(surface.vertices, surface.faces.astype(np.int32),
+                                                       target_count=max_faces, agg=aggressiveness)
+        light = Surface(np.asarray(vertices, np.float32), np.asarray(faces, np.int64)).cleaned()
+        if not closed or light.is_watertight():
+            return light
+    raise DreamsculptError(f"Decimating the mesh to {max_faces} faces opened holes in it. "
+                           "Try a larger --max-faces.")
+
+
+@torch.no_grad()
+def extract_mesh(field: TriplaneField, config: MeshConfig, occupancy: OccupancyGrid | None = None) -> tuple[Mesh, float]:
+    """The surface decimated to `config.max_faces`, coloured with the field's albedo at its
+    vertices. Returns (mesh, threshold used)."""
+    dense, threshold = extract_surface(field, config, occupancy)
+    light = decimate(dense, config.max_faces)
+    colours = field.albedo_at(torch.from_numpy(light.vertices).to(field.planes.device)).cpu().numpy()
+    return Mesh(light.vertices, light.faces, colours.astype(np.float32)), threshold
 
 
 def clean_solid(grid: np.ndarray, threshold: float, min_fraction: float) -> np.ndarray:
@@ -123,26 +180,3 @@ def clean_solid(grid: np.ndarray, threshold: float, min_fraction: float) -> np.n
     # while the surface of the kept pieces keeps its interpolated position.
     near_kept = ndimage.binary_dilation(solid, iterations=2)
     return np.where(near_kept, filled, np.minimum(filled, 0.5 * threshold)).astype(np.float32)
-
-
-# glTF is +Y up; the engine (and Blender) is +Z up: (x, y, z) -> (x, z, -y).
-_Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
-
-
-def export_mesh(mesh: Mesh, out_dir: Path, obj: bool = False) -> list[Path]:
-    """Write mesh.ply (vertex colours) and mesh.glb, and mesh.obj when asked.
-
-    mesh.ply and mesh.obj are in the engine frame (Z up); mesh.glb follows glTF's Y-up rule,
-    so importers (Blender's included) bring it back Z up.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tm = mesh.to_trimesh()
-    written = [out_dir / "mesh.ply", out_dir / "mesh.glb"]
-    tm.export(written[0])
-    gltf = tm.copy()
-    gltf.apply_transform(_Z_UP_TO_Y_UP)
-    gltf.export(written[1])
-    if obj:
-        written.append(out_dir / "mesh.obj")
-        tm.export(written[-1], include_color=True)
-    return written

@@ -23,15 +23,26 @@ from . import __version__
 
 @dataclass
 class MeshOutputs:
-    """An optimised field, meshed: mesh.ply / mesh.glb (mesh.obj), preview.png, turntable.gif."""
+    """An optimised field made an asset (assets.py): mesh.glb, mesh.ply, texture.png
+    (normal.png), mesh.obj + mesh.mtl when asked, preview.png, turntable.gif."""
 
     steps: int              # optimisation steps the field has had
-    vertices: int
+    vertices: int           # of the decimated, welded mesh (mesh.ply)
     faces: int
     threshold: float        # density level of the surface
+    dense_faces: int = 0    # of the marching-cubes surface, before decimation
+    watertight: bool = False
+    texture: str = "texture.png"
+    texture_size: int = 0
+    normal_map: str | None = None      # "normal.png" when baked
+    size: list[float] = field(default_factory=list)   # the bounding box along x, y, z (metres when sized)
+    origin: str = "center"
+    scale: float = 1.0      # asset units per field unit
+    asset_seconds: dict[str, float] = field(default_factory=dict)   # decimate, unwrap, bake, export
 
     def summary(self, out_dir: Path, seconds: float) -> str:
-        return f"wrote {out_dir}/mesh.ply ({self.vertices} vertices, {self.faces} faces) in {seconds:.0f} s"
+        return (f"wrote {out_dir}/mesh.glb ({self.vertices} vertices, {self.faces} faces, "
+                f"{self.texture_size}² texture) in {seconds:.0f} s")
 
 
 @dataclass

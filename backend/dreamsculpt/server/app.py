@@ -31,7 +31,7 @@ from .schemas import (
     Released,
 )
 from .settings import ServerSettings, is_loopback
-from .store import DOWNLOADS, MAX_VIEWS, UnknownImage
+from .store import DOWNLOADS, LINKS, MAX_VIEWS, UnknownImage
 from .uploads import MEDIA_TYPES as IMAGE_TYPES
 from .uploads import decode_image
 
@@ -39,7 +39,8 @@ JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id, e.g. 
 ViewIndex = Annotated[str, Path(pattern=r"^[0-9]{2}$", description=f"00 (the reference) to {MAX_VIEWS - 1:02d}.")]
 bearer = HTTPBearer(auto_error=False, description="The token `dreamsculpt token` prints.")
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".json": "application/json",
-               ".ply": "application/octet-stream", ".glb": "model/gltf-binary", ".obj": "model/obj"}
+               ".ply": "application/octet-stream", ".glb": "model/gltf-binary", ".obj": "model/obj",
+               ".mtl": "model/mtl"}
 
 
 def _error(code: int, message: str, headers: dict | None = None) -> Response:
@@ -225,6 +226,9 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
             raise HTTPException(404, f"Job {job_id} has {what} (it is {job.status.value}).")
         if name == "preview.png":  # small and replaced while running: send the bytes read at once
             return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+        if name in LINKS:   # result.obj names result.mtl, which names texture.png: as saved
+            return Response(dispatcher.store.linked_download(job_id, name, path), media_type=MEDIA_TYPES[name[name.rindex("."):]],
+                            headers={"Content-Disposition": f'attachment; filename="{job_id}-{name}"'})
         return FileResponse(path, media_type=MEDIA_TYPES[name[name.rindex("."):]], filename=f"{job_id}-{name}")
 
     def named(name: str):
@@ -250,7 +254,13 @@ SUMMARIES = {"preview.png": "The latest preview while the job runs (then its las
              "reference.png": "The reference image as the engine used it: resampled, square, RGBA",
              "views.json": "Novel views: each view's file and camera, and the placement",
              "novel_views.png": "Every novel view on one sheet",
-             "view_NN.png": "One novel view (view_00 is the reference)"}
+             "view_NN.png": "One novel view (view_00 is the reference)",
+             "result.glb": "The asset: UV-textured mesh with normals and a PBR material, textures embedded",
+             "result.ply": "The welded mesh with vertex colours, normals and per-corner UVs (Z up)",
+             "result.obj": "The UV mesh as OBJ (Z up; made with mesh.obj); it uses result.mtl",
+             "result.mtl": "The OBJ's material; it uses texture.png (and normal.png)",
+             "texture.png": "The base-colour texture",
+             "normal.png": "The tangent-space normal map (when asked for)"}
 
 
 def _add_download(app: FastAPI, path: str, download, name: str, auth) -> None:

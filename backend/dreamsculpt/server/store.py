@@ -50,6 +50,9 @@ DOWNLOADS = {
     "result.ply": "out/mesh.ply",
     "result.glb": "out/mesh.glb",
     "result.obj": "out/mesh.obj",
+    "result.mtl": "out/mesh.mtl",
+    "texture.png": "out/texture.png",
+    "normal.png": "out/normal.png",
     "views.png": "out/preview.png",
     "turntable.gif": "out/turntable.gif",
     "run.json": "out/run.json",
@@ -59,6 +62,10 @@ DOWNLOADS = {
     "novel_views.png": "out/novel_views.png",
     **{f"view_{i:02d}.png": f"out/view_{i:02d}.png" for i in range(MAX_VIEWS)},
 }
+#: Files that name other downloads inside them: the names written in the job folder -> the
+#: names a client saves them under (`{job}` is the job id, as in the download's file name).
+LINKS = {"result.obj": {"mtllib mesh.mtl": "mtllib {job}-result.mtl"},
+         "result.mtl": {"map_Kd texture.png": "map_Kd {job}-texture.png", "norm normal.png": "norm {job}-normal.png"}}
 #: Uploads are kept this long after their last upload; a job keeps its own input.png.
 IMAGE_KEEP_S = 7 * 24 * 3600.0
 
@@ -156,6 +163,13 @@ class JobStore:
             return None
         path = self.folder(job_id) / DOWNLOADS[name]
         return path if path.is_file() else None
+
+    def linked_download(self, job_id: str, name: str, path: Path) -> bytes:
+        """A download in `LINKS`, its references renamed to the files a client saves beside it."""
+        text = path.read_text()
+        for old, new in LINKS[name].items():
+            text = text.replace(old, new.format(job=job_id))
+        return text.encode()
 
     def result_files(self, job_id: str) -> list[str]:
         return [name for name in DOWNLOADS if name != "preview.png" and self.download_path(job_id, name)]

@@ -60,12 +60,12 @@ def run(request: ImageTo3DRequest, out_dir: Path, callbacks: Callbacks | None = 
     out_dir = stages.make_folder(out_dir)
     save_rgba(view.rgba, out_dir / "reference.png")
     trainer = Trainer(config, guidance, callbacks, checkpoint, target, prior.views)
-    outputs = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started)
+    outputs, transform = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started)
 
     record = RunRecord(kind=request.kind, request=request.model_dump(mode="json"),
                        prior=PriorRecord(request.prior, description, prior.model), seed=request.seed,
                        seconds=time.perf_counter() - started, device=str(guidance.device), outputs=outputs,
-                       config=config.to_dict(), placement=stages.placement(view),
+                       config=config.to_dict(), placement=stages.placement(view, transform),
                        reference_weights=(target.lambda_rgb, target.lambda_mask),
                        training_views=asdict(prior.views), ms_per_step=trainer.ms_per_step())
     record.write(out_dir)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..callbacks import Callbacks, Progress
 from ..errors import DreamsculptError
 from ..records import MeshOutputs, Placement
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The field's checkpoint in a mesh kind's output folder (--resume continues from it).
 CHECKPOINT = "checkpoint.pt"
@@ -37,31 +41,66 @@ def report(callbacks: Callbacks, stage: str, step: int, total: int, loss: float,
         callbacks.on_progress(Progress(step, total, loss, time.perf_counter() - started, 0.0, stage))
 
 
-def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool, started: float) -> MeshOutputs:
-    """Run `trainer` (from its checkpoint with `resume`) to the end, then mesh the field and write
-    mesh.ply / mesh.glb (mesh.obj), preview.png and turntable.gif into `out_dir`."""
-    from ..mesh import export_mesh, extract_mesh
+def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool, started: float):
+    """Run `trainer` (from its checkpoint with `resume`) to the end, make the field an asset
+    (assets.make_asset) and write it (export.export_asset), preview.png and turntable.gif into
+    `out_dir`. Returns (MeshOutputs, the asset's AssetTransform)."""
+    from ..assets import make_asset
+    from ..export import NORMAL_MAP, TEXTURE, export_asset
+    from ..mesh import extract_surface
     from ..preview import save_preview, save_turntable
 
     if resume:
         trainer.load_checkpoint(out_dir / CHECKPOINT)
     field = trainer.run()
     config, steps = trainer.config, trainer.config.train.steps
-    report(callbacks, "meshing", trainer.step_index, steps, trainer.loss_ema, started)
-    mesh, threshold = extract_mesh(field, config.mesh, trainer.occupancy)
-    report(callbacks, "saving", trainer.step_index, steps, trainer.loss_ema, started)
-    export_mesh(mesh, out_dir, obj=config.mesh.export_obj)
+
+    def stage(name: str) -> None:
+        report(callbacks, name, trainer.step_index, steps, trainer.loss_ema, started)
+
+    stage("meshing")
+    dense, threshold = extract_surface(field, config.mesh, trainer.occupancy)
+    albedo, normals = field_functions(field)
+    asset = make_asset(dense, albedo, config.mesh, normals, stage)
+    stage("saving")
+    export_asset(asset, out_dir, obj=config.mesh.export_obj)
     save_preview(trainer, out_dir / "preview.png")
     save_turntable(trainer, out_dir / "turntable.gif")
-    return MeshOutputs(steps=trainer.step_index, vertices=len(mesh.vertices), faces=len(mesh.faces),
-                       threshold=threshold)
+    m = config.mesh
+    outputs = MeshOutputs(
+        steps=trainer.step_index, vertices=len(asset.surface.vertices), faces=len(asset.surface.faces),
+        threshold=threshold, dense_faces=len(dense.faces), watertight=asset.surface.is_watertight(),
+        texture=TEXTURE, texture_size=m.texture_size, normal_map=NORMAL_MAP if m.normal_map else None,
+        size=asset.extent, origin=m.origin, scale=asset.transform.scale, asset_seconds=asset.seconds)
+    return outputs, asset.transform
 
 
-def placement(view) -> Placement:
-    """Where the canonical frame of the picture `view` (a PictureView) sits in the world, and
-    the picture's camera in both frames."""
+def field_functions(field):
+    """(albedo, outward normal) of `field` as functions of numpy points [P, 3] -> [P, 3]."""
+    import torch
+
+    device = field.planes.device
+
+    def albedo(points: np.ndarray) -> np.ndarray:
+        return field.albedo_at(torch.from_numpy(points).to(device)).cpu().numpy()
+
+    @torch.no_grad()
+    def normals(points: np.ndarray) -> np.ndarray:
+        chunks = torch.from_numpy(points).to(device).split(1 << 16)
+        return torch.cat([field.normals(c) for c in chunks]).cpu().numpy()
+
+    return albedo, normals
+
+
+def placement(view, transform) -> Placement:
+    """Where the asset (made with AssetTransform `transform` from the canonical frame of the
+    picture `view`, a PictureView) sits in the world, and the picture's camera in both frames:
+    the object lands where the camera saw it, whatever --size and --origin did to the mesh."""
+    import numpy as np
+
     cam = view.camera
-    return Placement(view.placement.tolist(), {
+    matrix = np.asarray(view.placement, dtype=np.float64) @ np.linalg.inv(transform.matrix())
+    return Placement(matrix.tolist(), {
         "file": "reference.png", "source": Path(view.source).name,
         "azimuth_deg": float(cam.azimuth_deg[0]), "elevation_deg": float(cam.elevation_deg[0]),
         "distance": float(cam.distance[0]), "fov_deg": float(cam.fov_deg[0]),

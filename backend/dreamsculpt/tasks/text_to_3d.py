@@ -40,7 +40,7 @@ def run(request: TextTo3DRequest, out_dir: Path, callbacks: Callbacks | None = N
     prior = text_prior(config.guidance, config.render.resolution, TrainingViews.of(config), models)
     out_dir = stages.make_folder(out_dir)
     trainer = Trainer(config, prior.guidance, callbacks, checkpoint, views=prior.views)
-    outputs = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started)
+    outputs, _ = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started)
 
     record = RunRecord(kind=request.kind, request=request.model_dump(mode="json"),
                        prior=PriorRecord(request.prior, prior.description, prior.model), seed=request.seed,

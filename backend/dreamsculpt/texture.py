@@ -1,0 +1,218 @@
+"""UV textures of a decimated surface: unwrap it, find the surface point behind every texel,
+bake colours (or normals) there, and pad the seams.
+
+Conventions: UVs have their origin at the image's bottom-left (OpenGL, OBJ and Blender; the
+glTF writer flips v), so texel (row i, column j) of a T x T image has its centre at
+u = (j + 0.5) / T, v = 1 - (i + 0.5) / T. Normal maps are tangent space with +Y along
+increasing v (OpenGL, as glTF and Blender's Normal Map node expect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import xatlas
+from scipy import ndimage
+
+from .mesh import Surface
+
+#: Texels kept empty around every chart when packing: with the seam padding below, bilinear
+#: filtering and a few mip levels never mix a chart with its neighbour.
+CHART_PADDING = 4
+
+#: A function from surface points [P, 3] (the field's frame) to values [P, C].
+PointFunction = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class UVLayout:
+    """A surface cut into charts packed into the unit square, for a `size` x `size` texture.
+
+    vertex_of: [W] the surface vertex each UV vertex copies (seams duplicate vertices);
+    faces: [F, 3] the surface's faces, in the same order, indexing the UV vertices;
+    uvs: [W, 2] float32 in [0, 1], origin bottom-left.
+    """
+
+    vertex_of: np.ndarray
+    faces: np.ndarray
+    uvs: np.ndarray
+    size: int
+
+    @property
+    def charts_utilisation(self) -> float:
+        """Share of the texture's texels inside some chart."""
+        return float(TexelSamples.of(self).face.size) / self.size ** 2
+
+
+def unwrap(surface: Surface, size: int) -> UVLayout:
+    """Cut `surface` into charts and pack them for a `size`-texel texture (xatlas)."""
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(surface.vertices.astype(np.float32), surface.faces.astype(np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution, pack.padding, pack.bilinear = size, CHART_PADDING, True
+    atlas.generate(pack_options=pack)
+    vertex_of, faces, uvs = atlas[0]
+    layout = UVLayout(vertex_of.astype(np.int64), faces.astype(np.int64), uvs.astype(np.float32), size)
+    if not np.array_equal(layout.vertex_of[layout.faces], surface.faces):
+        raise AssertionError("xatlas reordered the faces")   # the bake relies on the same order
+    return layout
+
+
+@dataclass
+class TexelSamples:
+    """The texels inside a chart: their row, column, face and barycentric coordinates."""
+
+    rows: np.ndarray      # [P] int64
+    cols: np.ndarray      # [P] int64
+    face: np.ndarray      # [P] int64, into the layout's faces
+    bary: np.ndarray      # [P, 3] float32
+
+    @staticmethod
+    def of(layout: UVLayout) -> "TexelSamples":
+        return _rasterize(layout.uvs[layout.faces], layout.size)
+
+    def interpolate(self, corner_values: np.ndarray) -> np.ndarray:
+        """corner_values: [F, 3, C] per face corner -> [P, C] at the texels."""
+        return np.einsum("pk,pkc->pc", self.bary, corner_values[self.face])
+
+
+def _rasterize(triangles_uv: np.ndarray, size: int) -> TexelSamples:
+    """The texels each triangle ([F, 3, 2] UVs) touches, conservatively: a chart narrower than
+    a texel still owns the texels under it, so seam padding never fills it from a neighbour.
+    A texel touched by several triangles goes to the one holding its centre (or nearest to
+    it); its sample point is its centre, moved onto that triangle when it lies outside.
+
+    Triangles are grouped by the size of their texel bounding box (powers of two), and each
+    group is tested against all texels of its boxes at once: tens of thousands of small chart
+    triangles in a few array operations."""
+    xy = np.stack([triangles_uv[..., 0] * size, (1.0 - triangles_uv[..., 1]) * size], -1).astype(np.float64)
+    lo = np.clip(np.floor(xy.min(1)), 0, size - 1).astype(np.int64)           # first texel (col, row)
+    hi = np.clip(np.ceil(xy.max(1)) - 1, 0, size - 1).astype(np.int64)        # last texel
+    extent = np.maximum(hi - lo + 1, 1).max(1)
+    a, b, c = xy[:, 0], xy[:, 1], xy[:, 2]
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    usable = np.abs(area) > 1e-12
+    found: list[tuple[np.ndarray, ...]] = []
+    side = 1
+    while True:
+        group = np.nonzero(usable & (extent <= side) & (extent > side // 2))[0]
+        if len(group):
+            found.append(_texels_in(group, xy[group], area[group], lo[group], side, size))
+        if side >= extent.max(initial=1):
+            break
+        side *= 2
+    if not found:
+        empty = np.zeros(0, np.int64)
+        return TexelSamples(empty, empty, empty, np.zeros((0, 3), np.float32))
+    rows, cols, face, bary = (np.concatenate(parts) for parts in zip(*found))
+    # One triangle per texel: the one whose smallest barycentric weight is largest.
+    order = np.lexsort((-bary.min(-1), rows * size + cols))
+    rows, cols, face, bary = rows[order], cols[order], face[order], bary[order]
+    first = np.ones(len(rows), bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    inside = np.clip(bary[first], 0.0, None)
+    inside /= inside.sum(-1, keepdims=True)
+    return TexelSamples(rows[first], cols[first], face[first], inside.astype(np.float32))
+
+
+def _texels_in(faces: np.ndarray, xy: np.ndarray, area: np.ndarray, lo: np.ndarray, side: int,
+               size: int) -> tuple[np.ndarray, ...]:
+    """The texels of `side` x `side` boxes from `lo` that their triangle touches, with the
+    (unclamped) barycentric coordinates of their centres."""
+    steps = np.arange(side)
+    cols = lo[:, 0, None, None] + steps[None, None, :]              # [n, 1, side]
+    rows = lo[:, 1, None, None] + steps[None, :, None]              # [n, side, 1]
+    px, py = cols + 0.5, rows + 0.5
+    weights, touches = [], []
+    for k in range(3):   # the barycentric weight of corner k: the sub-triangle opposite it
+        (x1, y1), (x2, y2) = xy[:, (k + 1) % 3].T, xy[:, (k + 2) % 3].T
+        dx, dy = (x2 - x1)[:, None, None], (y2 - y1)[:, None, None]
+        weight = (dx * (py - y1[:, None, None]) - dy * (px - x1[:, None, None])) / area[:, None, None]
+        # The texel's square reaches half a texel further along the edge's normal, in both axes.
+        reach = 0.5 * (np.abs(dx) + np.abs(dy)) / np.abs(area)[:, None, None]
+        weights.append(weight)
+        touches.append(weight >= -reach - 1e-9)
+    bary = np.stack(np.broadcast_arrays(*weights), -1)              # [n, side, side, 3]
+    inside = np.logical_and.reduce(np.broadcast_arrays(*touches)) & (cols < size) & (rows < size)
+    n, r, c = np.nonzero(inside)
+    return (rows[n, r, 0], cols[n, 0, c], faces[n], bary[n, r, c])
+
+
+def pad_seams(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Every texel outside the charts takes the value of the nearest texel inside one, so no
+    filtering or mip level ever reads an unbaked (black) texel."""
+    if covered.all() or not covered.any():
+        return image
+    _, (rows, cols) = ndimage.distance_transform_edt(~covered, return_indices=True)
+    return image[rows, cols]
+
+
+def bake(layout: UVLayout, vertices: np.ndarray, function: PointFunction,
+         samples: TexelSamples | None = None) -> np.ndarray:
+    """The [size, size, C] texture of `function` evaluated at the surface point behind each
+    texel (vertices: the surface's [V, 3]), seams padded."""
+    samples = samples or TexelSamples.of(layout)
+    points = samples.interpolate(vertices[layout.vertex_of][layout.faces])
+    values = np.asarray(function(points.astype(np.float32)), dtype=np.float32)
+    image = np.zeros((layout.size, layout.size, values.shape[-1]), np.float32)
+    image[samples.rows, samples.cols] = values
+    covered = np.zeros((layout.size, layout.size), bool)
+    covered[samples.rows, samples.cols] = True
+    return pad_seams(image, covered)
+
+
+def tangent_frames(layout: UVLayout, vertices: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per UV vertex: the unit tangent [W, 3] along increasing u, orthogonal to the vertex
+    normal, and the sign [W] making cross(normal, tangent) * sign point along increasing v."""
+    p = vertices[layout.vertex_of][layout.faces]             # [F, 3, 3]
+    uv = layout.uvs[layout.faces]                            # [F, 3, 2]
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    d1, d2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    det = np.where(np.abs(det) < 1e-20, 1e-20, det)[:, None]
+    face_t = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) / det
+    face_b = (e2 * d1[:, 0:1] - e1 * d2[:, 0:1]) / det
+    count = len(layout.uvs)
+    tangent, bitangent = np.zeros((count, 3)), np.zeros((count, 3))
+    for k in range(3):
+        np.add.at(tangent, layout.faces[:, k], face_t)
+        np.add.at(bitangent, layout.faces[:, k], face_b)
+    n = normals[layout.vertex_of].astype(np.float64)
+    tangent -= n * (n * tangent).sum(-1, keepdims=True)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=-1, keepdims=True), 1e-12)
+    sign = np.where((np.cross(n, tangent) * bitangent).sum(-1) < 0, -1.0, 1.0)
+    return tangent.astype(np.float32), sign.astype(np.float32)
+
+
+def bake_normal_map(layout: UVLayout, vertices: np.ndarray, normals: np.ndarray, detail: PointFunction,
+                    samples: TexelSamples | None = None) -> np.ndarray:
+    """[size, size, 3] tangent-space normal map in [0, 1]: at each texel, the `detail` normal
+    (the dense surface's, [P, 3] unit vectors in the field's frame) in the frame of the
+    interpolated vertex normal and tangent of `vertices` (the decimated surface)."""
+    samples = samples or TexelSamples.of(layout)
+    tangent, sign = tangent_frames(layout, vertices, normals)
+    corners = layout.faces
+    n = _unit(samples.interpolate(normals[layout.vertex_of][corners]))
+    t = samples.interpolate(tangent[corners])
+    t = _unit(t - n * (n * t).sum(-1, keepdims=True))
+    b = np.cross(n, t) * sign[corners[samples.face, 0]][:, None]
+    points = samples.interpolate(vertices[layout.vertex_of][corners])
+    d = _unit(np.asarray(detail(points.astype(np.float32)), dtype=np.float32))
+    local = np.stack([(d * t).sum(-1), (d * b).sum(-1), (d * n).sum(-1)], -1)
+    image = np.zeros((layout.size, layout.size, 3), np.float32)
+    image[:] = (0.5, 0.5, 1.0)                # flat: the normal of the decimated surface
+    image[samples.rows, samples.cols] = local * 0.5 + 0.5
+    covered = np.zeros((layout.size, layout.size), bool)
+    covered[samples.rows, samples.cols] = True
+    return pad_seams(image, covered)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def to_bytes(image: np.ndarray) -> np.ndarray:
+    """[H, W, C] floats in [0, 1] -> uint8."""
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
