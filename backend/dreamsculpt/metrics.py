@@ -28,3 +28,26 @@ def voxel_iou(mesh: trimesh.Trimesh, inside: Callable[[torch.Tensor], torch.Tens
     pred = mesh_occupancy(mesh, points)
     union = np.logical_or(truth, pred).sum()
     return float(np.logical_and(truth, pred).sum() / max(union, 1))
+
+
+def render_textured(vertices: np.ndarray, faces: np.ndarray, corner_uvs: np.ndarray, texture: np.ndarray,
+                    cameras, size: int) -> np.ndarray:
+    """Albedo views [B, size, size, 3] over white of a UV-textured mesh (vertices [V, 3] in
+    the cameras' world frame; corner_uvs [F, 3, 2]; texture [T, T, 3] in [0, 1]), sampled
+    bilinearly at the nearest surface behind each pixel centre."""
+    from .cameras import project
+    from .raster import cover, sample_bilinear
+
+    pixels, depth = project(torch.from_numpy(np.asarray(vertices, np.float32)), cameras, size)
+    views = np.ones((len(cameras), size, size, 3), np.float32)
+    for b in range(len(cameras)):
+        xy, z = pixels[b].numpy()[faces], depth[b].numpy()[faces]
+        found = cover(xy, size, depth=z)
+        views[b, found.rows, found.cols] = sample_bilinear(texture, found.interpolate(corner_uvs))
+    return views
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio, dB, of two images in [0, 1]."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)

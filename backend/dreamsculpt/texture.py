@@ -17,6 +17,7 @@ import xatlas
 from scipy import ndimage
 
 from .mesh import Surface
+from .raster import Fragments, cover
 
 #: Texels kept empty around every chart when packing: with the seam padding below, bilinear
 #: filtering and a few mip levels never mix a chart with its neighbour.
@@ -61,83 +62,17 @@ def unwrap(surface: Surface, size: int) -> UVLayout:
 
 
 @dataclass
-class TexelSamples:
+class TexelSamples(Fragments):
     """The texels inside a chart: their row, column, face and barycentric coordinates."""
-
-    rows: np.ndarray      # [P] int64
-    cols: np.ndarray      # [P] int64
-    face: np.ndarray      # [P] int64, into the layout's faces
-    bary: np.ndarray      # [P, 3] float32
 
     @staticmethod
     def of(layout: UVLayout) -> "TexelSamples":
-        return _rasterize(layout.uvs[layout.faces], layout.size)
-
-    def interpolate(self, corner_values: np.ndarray) -> np.ndarray:
-        """corner_values: [F, 3, C] per face corner -> [P, C] at the texels."""
-        return np.einsum("pk,pkc->pc", self.bary, corner_values[self.face])
-
-
-def _rasterize(triangles_uv: np.ndarray, size: int) -> TexelSamples:
-    """The texels each triangle ([F, 3, 2] UVs) touches, conservatively: a chart narrower than
-    a texel still owns the texels under it, so seam padding never fills it from a neighbour.
-    A texel touched by several triangles goes to the one holding its centre (or nearest to
-    it); its sample point is its centre, moved onto that triangle when it lies outside.
-
-    Triangles are grouped by the size of their texel bounding box (powers of two), and each
-    group is tested against all texels of its boxes at once: tens of thousands of small chart
-    triangles in a few array operations."""
-    xy = np.stack([triangles_uv[..., 0] * size, (1.0 - triangles_uv[..., 1]) * size], -1).astype(np.float64)
-    lo = np.clip(np.floor(xy.min(1)), 0, size - 1).astype(np.int64)           # first texel (col, row)
-    hi = np.clip(np.ceil(xy.max(1)) - 1, 0, size - 1).astype(np.int64)        # last texel
-    extent = np.maximum(hi - lo + 1, 1).max(1)
-    a, b, c = xy[:, 0], xy[:, 1], xy[:, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    usable = np.abs(area) > 1e-12
-    found: list[tuple[np.ndarray, ...]] = []
-    side = 1
-    while True:
-        group = np.nonzero(usable & (extent <= side) & (extent > side // 2))[0]
-        if len(group):
-            found.append(_texels_in(group, xy[group], area[group], lo[group], side, size))
-        if side >= extent.max(initial=1):
-            break
-        side *= 2
-    if not found:
-        empty = np.zeros(0, np.int64)
-        return TexelSamples(empty, empty, empty, np.zeros((0, 3), np.float32))
-    rows, cols, face, bary = (np.concatenate(parts) for parts in zip(*found))
-    # One triangle per texel: the one whose smallest barycentric weight is largest.
-    order = np.lexsort((-bary.min(-1), rows * size + cols))
-    rows, cols, face, bary = rows[order], cols[order], face[order], bary[order]
-    first = np.ones(len(rows), bool)
-    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
-    inside = np.clip(bary[first], 0.0, None)
-    inside /= inside.sum(-1, keepdims=True)
-    return TexelSamples(rows[first], cols[first], face[first], inside.astype(np.float32))
-
-
-def _texels_in(faces: np.ndarray, xy: np.ndarray, area: np.ndarray, lo: np.ndarray, side: int,
-               size: int) -> tuple[np.ndarray, ...]:
-    """The texels of `side` x `side` boxes from `lo` that their triangle touches, with the
-    (unclamped) barycentric coordinates of their centres."""
-    steps = np.arange(side)
-    cols = lo[:, 0, None, None] + steps[None, None, :]              # [n, 1, side]
-    rows = lo[:, 1, None, None] + steps[None, :, None]              # [n, side, 1]
-    px, py = cols + 0.5, rows + 0.5
-    weights, touches = [], []
-    for k in range(3):   # the barycentric weight of corner k: the sub-triangle opposite it
-        (x1, y1), (x2, y2) = xy[:, (k + 1) % 3].T, xy[:, (k + 2) % 3].T
-        dx, dy = (x2 - x1)[:, None, None], (y2 - y1)[:, None, None]
-        weight = (dx * (py - y1[:, None, None]) - dy * (px - x1[:, None, None])) / area[:, None, None]
-        # The texel's square reaches half a texel further along the edge's normal, in both axes.
-        reach = 0.5 * (np.abs(dx) + np.abs(dy)) / np.abs(area)[:, None, None]
-        weights.append(weight)
-        touches.append(weight >= -reach - 1e-9)
-    bary = np.stack(np.broadcast_arrays(*weights), -1)              # [n, side, side, 3]
-    inside = np.logical_and.reduce(np.broadcast_arrays(*touches)) & (cols < size) & (rows < size)
-    n, r, c = np.nonzero(inside)
-    return (rows[n, r, 0], cols[n, 0, c], faces[n], bary[n, r, c])
+        """Every texel a chart's triangle touches (conservatively: a chart narrower than a
+        texel still owns the texels under it, so seam padding never fills it from a neighbour)."""
+        uv = layout.uvs[layout.faces].astype(np.float64)
+        xy = np.stack([uv[..., 0] * layout.size, (1.0 - uv[..., 1]) * layout.size], -1)
+        found = cover(xy, layout.size, conservative=True)
+        return TexelSamples(found.rows, found.cols, found.face, found.bary)
 
 
 def pad_seams(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
