@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from asset_fixture import CUBE_FACES, FACE_UVS, cube, ply_bytes
+from asset_fixture import (
+    CUBE_FACES,
+    FACE_UVS,
+    FolderClient,
+    cube,
+    ply_bytes,
+    write_result,
+)
 from server_harness import tiny_job
 
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
@@ -170,6 +177,30 @@ def test_ascii_ply_with_texcoord_and_bad_texcoord():
         plymesh.read_ply(one_face[:-25] + b"\x04" + one_face[-24:-8])     # 4 values: 2 corners
     with pytest.raises(plymesh.PlyError, match="shorter than its header"):
         plymesh.read_ply(ply_bytes(cube(), CUBE_FACES, uvs=list(FACE_UVS) * 12)[:-10])
+
+
+def test_watcher_downloads_the_textures_run_json_names(tmp_path):
+    served = write_result(tmp_path / "job", normal_map=True)
+    snap = jobs.JobWatcher(FolderClient(served, client_mod.Rejected), "j1", tmp_path).run_blocking()
+    assert snap.error == "" and snap.note == "" and snap.mesh.face_count == 12 and len(snap.mesh.uvs) == 72
+    textures = snap.textures
+    assert Path(textures.base_color).read_bytes() == (served / "texture.png").read_bytes()
+    assert Path(textures.normal).read_bytes() == (served / "normal.png").read_bytes()
+    assert Path(textures.base_color).parent == Path(textures.folder) != served
+
+
+def test_an_older_server_or_a_missing_texture_leaves_vertex_colours(tmp_path):
+    older = write_result(tmp_path / "older", texture=False)
+    snap = jobs.JobWatcher(FolderClient(older, client_mod.Rejected), "j2", tmp_path).run_blocking()
+    assert snap.error == "" and snap.note == "" and snap.textures is None and snap.mesh.face_count == 12
+    lost = write_result(tmp_path / "lost", normal_map=True)
+    (lost / "normal.png").unlink()
+    snap = jobs.JobWatcher(FolderClient(lost, client_mod.Rejected), "j3", tmp_path).run_blocking()
+    assert snap.textures.normal == "" and Path(snap.textures.base_color).is_file()
+    assert snap.note.startswith("normal.png could not be downloaded") and "imported without it" in snap.note
+    (lost / "texture.png").unlink()
+    snap = jobs.JobWatcher(FolderClient(lost, client_mod.Rejected), "j4", tmp_path).run_blocking()
+    assert snap.textures is None and snap.mesh is not None and "shows its vertex colours" in snap.note
 
 
 def test_backend_command_needs_a_real_python_and_a_local_url(tmp_path):
