@@ -7,7 +7,7 @@ import (counting those inside functions) closes a cycle (tests/test_addon_layers
   1. without bpy: client, plymesh, cameras, jobs, backend_process (HTTP, job threads, meshes,
      camera maths, the backend process), job_requests (job bodies), watchers (what the
      threads watch);
-  2. bpy, the parts: properties, preferences, capture, importer;
+  2. bpy, the parts: properties, preferences, capture, materials, importer;
   3. bpy, the main thread's side of a job: results (snapshot into scene), timer, submit;
   4. bpy, what the user touches: operators, history, panels.
 """

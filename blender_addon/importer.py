@@ -1,6 +1,6 @@
-"""The one place where results become Blender data: a mesh with a FLOAT_COLOR point colour
-attribute and a material that shows it; novel views as packed images and image planes. Main
-thread only (timers, operators)."""
+"""The one place where results become Blender data: a smooth mesh with a UV map and a
+FLOAT_COLOR point colour attribute, wearing its textures or its colours (materials.py); novel
+views as packed images and image planes. Main thread only (timers, operators)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from pathlib import Path
 import bpy
 from mathutils import Matrix
 
-from . import cameras
-from .jobs import ViewSet
+from . import cameras, materials
+from .jobs import TextureSet, ViewSet
 from .plymesh import MeshArrays
 
 COLLECTION = "Dreamsculpt"
-COLOR_ATTRIBUTE = "Color"
-MATERIAL = "Dreamsculpt Vertex Color"
 
 
 def _collection(scene: bpy.types.Scene) -> bpy.types.Collection:
@@ -29,25 +27,10 @@ def _collection(scene: bpy.types.Scene) -> bpy.types.Collection:
     return collection
 
 
-def vertex_color_material() -> bpy.types.Material:
-    """Principled BSDF whose base colour is the mesh's colour attribute (Material Preview,
-    EEVEE and Cycles all show it)."""
-    material = bpy.data.materials.get(MATERIAL)
-    if material is not None:
-        return material
-    material = bpy.data.materials.new(MATERIAL)
-    material.use_nodes = True
-    nodes, links = material.node_tree.nodes, material.node_tree.links
-    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
-    attribute = nodes.new("ShaderNodeVertexColor")
-    attribute.layer_name = COLOR_ATTRIBUTE
-    attribute.location = (bsdf.location.x - 300, bsdf.location.y)
-    links.new(attribute.outputs["Color"], bsdf.inputs["Base Color"])
-    bsdf.inputs["Roughness"].default_value = 0.6
-    return material
-
-
 def build_mesh(name: str, arrays: MeshArrays) -> bpy.types.Mesh:
+    """The arrays as a smooth-shaded mesh: the colour attribute (FLOAT_COLOR, POINT) when the
+    PLY has colours, and the UV map (per loop: each face's three corners in order) when it has
+    UVs. No material."""
     mesh = bpy.data.meshes.new(name)
     n_vertices, n_faces = arrays.vertex_count, arrays.face_count
     mesh.vertices.add(n_vertices)
@@ -57,23 +40,33 @@ def build_mesh(name: str, arrays: MeshArrays) -> bpy.types.Mesh:
     mesh.polygons.add(n_faces)
     mesh.polygons.foreach_set("loop_start", array("i", range(0, 3 * n_faces, 3)))
     if len(arrays.colors) == 4 * n_vertices:
-        colors = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+        colors = mesh.color_attributes.new(materials.COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
         colors.data.foreach_set("color", arrays.colors)
         mesh.color_attributes.active_color = colors
         mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
     mesh.update(calc_edges=True)
-    mesh.materials.append(vertex_color_material())
+    if n_faces and len(arrays.uvs) == 6 * n_faces:
+        mesh.uv_layers.new(name=materials.UV_MAP).data.foreach_set("uv", arrays.uvs)
+    mesh.shade_smooth()   # the backend's mesh is welded: smooth normals, no faceting
     return mesh
 
 
 def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, properties: dict,
-                  replace: bpy.types.Object | None = None, placement: list | None = None) -> bpy.types.Object:
+                  replace: bpy.types.Object | None = None, placement: list | None = None,
+                  textures: TextureSet | None = None) -> bpy.types.Object:
     """Add the mesh as an object in the "Dreamsculpt" collection, with `properties` as custom
-    properties: at the 3D cursor, or, given `placement` (an image job's canonical -> world 4x4,
-    row-major), where the camera saw the object. `replace` (an earlier result) is removed."""
+    properties: at the 3D cursor (its origin there: the backend's "bottom" origin stands it on
+    the cursor), or, given `placement` (an image job's canonical -> world 4x4, row-major),
+    where the camera saw the object. With `textures` (and UVs) it gets a material of its own
+    with them packed; without, the shared vertex-colour material. `replace` (an earlier
+    result) is removed, with its material if nothing else uses it."""
     scene = context.scene
     mesh = build_mesh(name, arrays)
     obj = bpy.data.objects.new(name, mesh)
+    if textures is not None and mesh.uv_layers:
+        mesh.materials.append(materials.textured_material(obj.name, textures))
+    else:
+        mesh.materials.append(materials.vertex_color_material())
     _collection(scene).objects.link(obj)
     obj.location = scene.cursor.location.copy()
     for key, value in properties.items():
@@ -86,7 +79,9 @@ def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, pro
         old_mesh = replace.data
         bpy.data.objects.remove(replace)
         if old_mesh is not None and old_mesh.users == 0:
+            old_materials = list(old_mesh.materials)
             bpy.data.meshes.remove(old_mesh)
+            materials.remove_unused(old_materials)
     for other in context.view_layer.objects:
         other.select_set(False)
     obj.select_set(True)

@@ -4,9 +4,10 @@ the attributes of properties.DreamsculptSettings (a SimpleNamespace in the tests
 
 The body mirrors the backend's request models (dreamsculpt.requests) part for part: `_run`
 is _Run, `_optimised` is _Optimised (with MeshOptions), `_from_image` is _FromImage (with
-CameraSpec), and each kind adds its own fields. A setting at 0 (steps, guidance scale, mesh resolution, threshold) is left out, so
-the backend's default applies. tests/test_addon_requests.py validates every kind's body
-against its model.
+CameraSpec), and each kind adds its own fields. A setting at 0 (steps, guidance scale, mesh
+resolution, threshold, face budget, texture size, size) is left out, so the backend's default
+applies; the mesh's origin and normal map are always sent. tests/test_addon_requests.py
+validates every kind's body against its model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ BACKEND_DEFAULTS = {
     "image_to_3d": frozenset({"fp16", "resolution", "variant", "text_model", "image"}),
     "novel_views": frozenset({"fp16", "variant", "views", "neighbours", "image"}),
 }
+#: MeshOptions' fields the panel never sets: the add-on imports result.ply, so no OBJ.
+MESH_DEFAULTS = frozenset({"obj"})
 
 
 def _same(path: str) -> str:
@@ -77,6 +80,10 @@ def _optimised(s) -> dict:
         body["mesh"]["resolution"] = s.mesh_resolution
     if s.threshold:
         body["mesh"]["threshold"] = s.threshold
+    for key in ("max_faces", "texture_size", "size"):
+        if getattr(s, key):
+            body["mesh"][key] = getattr(s, key)
+    body["mesh"].update(normal_map=s.normal_map, origin=s.origin)
     return body
 
 
@@ -142,6 +149,9 @@ def to_settings(body: dict, s) -> None:
     if kind != "novel_views":
         mesh = body.get("mesh", {})
         s.mesh_resolution, s.threshold = mesh.get("resolution", 0), mesh.get("threshold", 0.0)
+        s.max_faces, s.texture_size = mesh.get("max_faces", 0), mesh.get("texture_size", 0)
+        s.size = mesh.get("size", 0.0)
+        s.normal_map, s.origin = mesh.get("normal_map", False), mesh.get("origin", "center")
         s.preset = body.get("preset") or s.preset
     if kind == "text_to_3d":
         s.prior = body.get("prior", s.prior)

@@ -3,7 +3,8 @@
 The thread (optionally) uploads the image and submits the job, polls it, downloads each new
 preview and, when the job is done, downloads and parses its result: the mesh (and, for an
 image-to-3D job, the placement from run.json) or the novel views (views.json and the view
-images, into a temporary folder). Blender's main thread only reads `snapshot()` from a timer
+images, into a temporary folder); a mesh's textures (texture.png, normal.png) go to a temporary
+folder too, for the importer to load and pack. Blender's main thread only reads `snapshot()` from a timer
 (a lock and a copy: microseconds) and builds objects from data that is ready, so the UI never
 waits on the network or on parsing.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -28,6 +30,17 @@ FINISHED = ("done", "failed", "cancelled")
 #: Consecutive failed polls (about 10 s) before the backend counts as gone.
 MAX_MISSES = 20
 VIEW_FILE = re.compile(r"view_\d{2}\.png")
+#: What run.json may name as a texture (the file is downloaded by that name).
+TEXTURE_FILE = re.compile(r"[A-Za-z0-9_-]{1,64}\.png")
+
+
+@dataclass
+class TextureSet:
+    """A mesh's textures on this machine, in `folder` (the importer packs them, then deletes it)."""
+
+    folder: str
+    base_color: str                       # sRGB base colour (texture.png)
+    normal: str = ""                      # tangent-space normal map, OpenGL +Y (normal.png); "" if none
 
 
 @dataclass
@@ -48,6 +61,8 @@ class Snapshot:
     preview_path: str = ""
     preview_version: int = 0                     # bumps when a new preview file is written
     mesh: MeshArrays | None = None               # the result, parsed, once the job is done
+    textures: TextureSet | None = None           # the mesh's textures; None: vertex colours only
+    note: str = ""                               # what the result lacks (e.g. a texture), for the report
     placement: cameras.Matrix | None = None      # image_to_3d: canonical -> world (run.json)
     views: ViewSet | None = None                 # novel_views: the downloaded views
     error: str = ""                              # what went wrong and what to do
@@ -186,12 +201,42 @@ class JobWatcher:
         mesh = read_ply(self.client.download(self.job_id, "result.ply"))
         if mesh.face_count == 0:
             return {"error": "The job finished but its mesh is empty. Run it again with more steps or another seed."}
+        record = json.loads(self.client.download(self.job_id, "run.json"))
+        result = {"mesh": mesh, **self._fetch_textures(record, mesh)}
         if kind != "image_to_3d":
-            return {"mesh": mesh}
-        placement = json.loads(self.client.download(self.job_id, "run.json")).get("placement")
+            return result
+        placement = record.get("placement")
         if not cameras.is_matrix(placement):
             raise ValueError("run.json has no 4x4 'placement'; is the backend the same version as the add-on?")
-        return {"mesh": mesh, "placement": placement}
+        return {**result, "placement": placement}
+
+    def _fetch_textures(self, record: dict, mesh: MeshArrays) -> dict:
+        """The snapshot's `textures` (and a `note` when there are none to show): the files
+        run.json's outputs name, downloaded into a temporary folder. A server from before
+        textures names none: the mesh shows its vertex colours."""
+        outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else record
+        names = {"base_color": outputs.get("texture"), "normal": outputs.get("normal_map")}
+        if not names["base_color"]:
+            return {}
+        if len(mesh.uvs) != 6 * mesh.face_count:
+            return {"note": "The mesh has no UVs for its texture: it shows its vertex colours."}
+        bad = [name for name in names.values() if name and not TEXTURE_FILE.fullmatch(str(name))]
+        if bad:
+            raise ValueError(f"run.json names a texture the add-on will not fetch: {bad[0]!r}")
+        folder = Path(tempfile.mkdtemp(prefix=f"dreamsculpt-textures-{self.job_id}-"))
+        paths, missing = {}, []
+        for key, name in names.items():
+            try:
+                if name:
+                    (folder / name).write_bytes(self.client.download(self.job_id, name))
+                    paths[key] = str(folder / name)
+            except BackendError as exc:   # the mesh is still worth having
+                missing.append(f"{name} could not be downloaded ({exc})")
+        note = "; ".join(missing)
+        if "base_color" not in paths:
+            shutil.rmtree(folder, ignore_errors=True)
+            return {"note": f"{note}: the mesh shows its vertex colours."}
+        return {"textures": TextureSet(str(folder), **paths), "note": note and f"{note}: imported without it."}
 
     def _fetch_views(self) -> ViewSet:
         meta = json.loads(self.client.download(self.job_id, "views.json"))

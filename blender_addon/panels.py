@@ -104,6 +104,13 @@ def draw_image_mode(col, s, scene) -> None:
         col.prop(s, "view_planes")
 
 
+def draw_asset(col, s) -> None:
+    """The mesh kinds' asset: how large (0: automatic) and where its origin is."""
+    row = col.row(align=True)
+    row.prop(s, "size")
+    row.prop(s, "origin", text="")
+
+
 GENERATE_TEXT = {"text_to_3d": "Generate", "image_to_3d": "Make 3D from Image", "novel_views": "Make Novel Views"}
 
 
@@ -126,6 +133,7 @@ class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
         row.operator("dreamsculpt.randomize_seed", text="", icon="FILE_REFRESH")
         if s.mode != "novel_views":
             col.prop(s, "preset")
+            draw_asset(col, s)
         if is_followed(s.job_id):
             draw_progress(layout, s)
         else:
@@ -151,6 +159,9 @@ class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
         if s.mode != "novel_views":
             col.prop(s, "mesh_resolution")
             col.prop(s, "threshold")
+            col.prop(s, "max_faces")
+            col.prop(s, "texture_size")
+            col.prop(s, "normal_map")
         if s.mode == "image_to_3d":
             col.separator()
             col.prop(s, "image_prompt")

@@ -2,7 +2,8 @@
 this runs on the add-on's download thread, so the main thread only copies arrays.
 
 Supports binary little-endian and ASCII PLY with float vertex positions, optional uchar or
-float colours, and triangle faces (what the backend writes; other polygons are refused).
+float colours, and triangle faces (what the backend writes; other polygons are refused), with
+optional per-face corner UVs (`property list uchar float texcoord`, 6 floats a face).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _SCALAR = {"char": "b", "int8": "b", "uchar": "B", "uint8": "B", "short": "h", "int16": "h", "ushort": "H",
            "uint16": "H", "int": "i", "int32": "i", "uint": "I", "uint32": "I", "float": "f", "float32": "f",
@@ -26,6 +27,9 @@ class MeshArrays:
     positions: array    # 'f', 3 per vertex (x, y, z; Z up, Blender's frame)
     triangles: array    # 'i', 3 vertex indices per face
     colors: array       # 'f', 4 per vertex (RGBA in [0, 1]); empty without colours
+    uvs: array = field(default_factory=lambda: array("f"))
+    """'f', 6 per face: (u, v) of its three corners in order, origin at the image's bottom-left
+    (Blender's convention); empty when the PLY has no texcoord."""
 
     @property
     def vertex_count(self) -> int:
@@ -61,17 +65,17 @@ def read_ply(data: bytes) -> MeshArrays:
         raise PlyError(f"PLY format {fmt!r} is not supported")
     if fmt == "ascii":
         return _read_ascii(data[offset:].decode("ascii").split(), elements)
-    positions, colors, triangles = array("f"), array("f"), array("i")
+    positions, colors, triangles, uvs = array("f"), array("f"), array("i"), array("f")
     for name, count, props in elements:
         if name == "vertex":
             offset = _read_vertices(data, offset, count, props, positions, colors)
         elif name == "face":
-            offset = _read_faces(data, offset, count, props, triangles)
+            offset = _read_faces(data, offset, count, props, triangles, uvs)
         else:
             if any(p[0] == "list" for p in props):
                 raise PlyError(f"cannot skip list element {name!r}")
             offset += count * struct.calcsize("<" + "".join(_SCALAR[p[0]] for p in props))
-    return MeshArrays(positions, triangles, colors)
+    return MeshArrays(positions, triangles, colors, uvs)
 
 
 def _read_vertices(data, offset, count, props, positions, colors) -> int:
@@ -124,43 +128,60 @@ def _read_vertices(data, offset, count, props, positions, colors) -> int:
     return offset + size
 
 
-def _read_faces(data, offset, count, props, triangles) -> int:
-    if len(props) != 1 or props[0][0] != "list":
-        raise PlyError("faces must be one list property")
-    count_type, index_type = _SCALAR[props[0][1]], _SCALAR[props[0][2]]
-    head, item = struct.calcsize(count_type), struct.calcsize(index_type)
-    record = head + 3 * item
+#: Face lists read (name -> items a face must have); other face lists are skipped.
+_FACE_LISTS = {"vertex_indices": 3, "vertex_index": 3, "texcoord": 6}
+
+
+def _read_faces(data, offset, count, props, triangles, uvs) -> int:
+    """Fixed-size records (every list has the same length on every face, checked): each list
+    is cut out of the records in one pass, with no per-face tuples."""
+    if any(p[0] != "list" for p in props) or not any(p[3] in ("vertex_indices", "vertex_index") for p in props):
+        raise PlyError("faces must be lists: vertex_indices, and optionally texcoord")
+    layout, at = [], offset      # (name, count code, item code, items, start within the record)
+    for _, count_type, item_type, name in props:
+        count_code, item_code = _SCALAR[count_type], _SCALAR[item_type]
+        items = struct.unpack_from("<" + count_code, data, at)[0] if count else _FACE_LISTS.get(name, 0)
+        layout.append((name, count_code, item_code, items, at - offset))
+        at += struct.calcsize(count_code) + items * struct.calcsize(item_code)
+    record = at - offset
     end = offset + count * record
-    if count and struct.unpack_from("<" + count_type, data, offset)[0] == 3:
-        # Triangles only (checked below): fixed-size records; cut the count bytes out in one pass.
-        chunk = memoryview(data)[offset:end]
-        counts = bytes(chunk[0::record]) if head == 1 else None
-        if counts is not None and counts.count(3) == count:
-            indices = b"".join(chunk[i + head:i + record] for i in range(0, len(chunk), record))
-            block = array(index_type if index_type in "iI" else "i")
-            if index_type in "iI":
-                block.frombytes(indices)
-            else:
-                block.extend(struct.unpack(f"<{3 * count}{index_type}", indices))
-            if sys.byteorder == "big":
-                block.byteswap()
-            triangles.extend(block)
-            return end
-    raise PlyError("only triangle meshes are supported (the backend writes triangles)")
+    if end > len(data):
+        raise PlyError("the PLY file is shorter than its header says")
+    chunk = memoryview(data)[offset:end]
+    for name, count_code, item_code, items, start in layout:
+        head = struct.calcsize(count_code)
+        counts = bytes(chunk[start::record]) if head == 1 else None
+        uniform = counts.count(items) == count if counts is not None else False
+        if name in ("vertex_indices", "vertex_index") and (items != 3 or not uniform):
+            raise PlyError("only triangle meshes are supported (the backend writes triangles)")
+        if name == "texcoord" and (items != 6 or not uniform):
+            raise PlyError("texcoord must have 6 values (u, v of 3 corners) on every face")
+        if name not in _FACE_LISTS:
+            if not uniform:
+                raise PlyError(f"face list {name!r} varies in length; cannot skip it")
+            continue
+        width = items * struct.calcsize(item_code)
+        values = b"".join(chunk[i + start + head:i + start + head + width] for i in range(0, len(chunk), record))
+        target = triangles if name != "texcoord" else uvs
+        block = array(item_code) if item_code == target.typecode else None
+        if block is None:
+            target.extend(struct.unpack(f"<{items * count}{item_code}", values))
+            continue
+        block.frombytes(values)
+        if sys.byteorder == "big":
+            block.byteswap()
+        target.extend(block)
+    return end
 
 
 def _read_ascii(words: list[str], elements) -> MeshArrays:
-    positions, colors, triangles = array("f"), array("f"), array("i")
+    positions, colors, triangles, uvs = array("f"), array("f"), array("i"), array("f")
     at = 0
     for name, count, props in elements:
         names = [p[-1] for p in props]
         for _ in range(count):
             if name == "face":
-                n = int(words[at])
-                if n != 3:
-                    raise PlyError("only triangle meshes are supported (the backend writes triangles)")
-                triangles.extend(int(w) for w in words[at + 1:at + 4])
-                at += 4
+                at = _ascii_face(words, at, names, triangles, uvs)
                 continue
             values = dict(zip(names, words[at:at + len(names)]))
             at += len(names)
@@ -169,4 +190,21 @@ def _read_ascii(words: list[str], elements) -> MeshArrays:
                 if "red" in values:
                     scale = 255.0 if props[names.index("red")][0] in ("uchar", "uint8") else 1.0
                     colors.extend(float(values.get(c, scale)) / scale for c in ("red", "green", "blue", "alpha"))
-    return MeshArrays(positions, triangles, colors)
+    return MeshArrays(positions, triangles, colors, uvs)
+
+
+def _ascii_face(words: list[str], at: int, names: list[str], triangles: array, uvs: array) -> int:
+    """One face's lists (each a count, then its items); returns where the next face starts."""
+    for name in names:
+        n = int(words[at])
+        items = words[at + 1:at + 1 + n]
+        if name in ("vertex_indices", "vertex_index"):
+            if n != 3:
+                raise PlyError("only triangle meshes are supported (the backend writes triangles)")
+            triangles.extend(int(w) for w in items)
+        elif name == "texcoord":
+            if n != 6:
+                raise PlyError("texcoord must have 6 values (u, v of 3 corners) on every face")
+            uvs.extend(float(w) for w in items)
+        at += 1 + n
+    return at

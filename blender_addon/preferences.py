@@ -1,4 +1,5 @@
-"""Add-on preferences (backend URL, token, the backend's Python, auto-start) and the helpers
+"""Add-on preferences (backend URL, token, the backend's Python, auto-start, vertex colours
+instead of textures) and the helpers
 that turn them into a client."""
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class DreamsculptPreferences(bpy.types.AddonPreferences):
                                        "(empty: the `dreamsculpt` command on PATH)")
     auto_start: BoolProperty(name="Start Backend with Blender", default=False,
                              description="Start the backend when the add-on loads, if none is answering")
+    vertex_colors_only: BoolProperty(name="Vertex Colours Only", default=False,
+                                     description="Import meshes with their vertex colours instead of their "
+                                                 "textures (no images packed into the .blend)")
 
     def draw(self, context):
         layout = self.layout
@@ -58,6 +62,7 @@ class DreamsculptPreferences(bpy.types.AddonPreferences):
             layout.label(text=f"Token read from {local_token_path()}", icon="INFO")
         layout.prop(self, "python")
         layout.prop(self, "auto_start")
+        layout.prop(self, "vertex_colors_only")
         row = layout.row()
         row.operator("dreamsculpt.start_backend", icon="PLAY")
         row.operator("dreamsculpt.stop_backend", icon="PAUSE")

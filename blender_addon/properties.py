@@ -31,6 +31,8 @@ IMAGE_SOURCES = [("CAMERA", "Active Camera",
 IMAGE_PRIORS = [("zero123", "Zero123", "Zero-1-to-3 novel-view diffusion (a GPU is strongly advised)"),
                 ("builtin", "Built-in shapes", "Offline analytic shapes, view-conditioned")]
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
+ORIGINS = [("center", "Center", "The object's origin is the centre of its bounding box"),
+           ("bottom", "Bottom", "The object's origin is the centre of its bottom: it stands on the 3D cursor")]
 
 
 class DreamsculptHistoryEntry(bpy.types.PropertyGroup):
@@ -72,6 +74,18 @@ class DreamsculptSettings(bpy.types.PropertyGroup):
     mesh_resolution: IntProperty(name="Mesh Resolution", default=0, min=0, max=1024,
                                  description="Marching-cubes grid size (0: the preset's)")
     threshold: FloatProperty(name="Threshold", default=0.0, min=0.0, description="Surface density (0: automatic)")
+    # The mesh kinds' asset: real-world size, origin, texture (MeshOptions).
+    size: FloatProperty(name="Size (m)", default=0.0, min=0.0, max=10_000.0, soft_max=100.0, precision=3,
+                        description="The longest side of the object, metres (0: automatic, about 1.5)")
+    origin: EnumProperty(name="Origin", items=ORIGINS, default="center")
+    texture_size: IntProperty(name="Texture Size", default=0, min=0, max=8192,
+                              description="Base-colour texture, pixels per side, 64 to 8192 (0: the preset's, "
+                                          "512 / 1024 / 2048)")
+    normal_map: BoolProperty(name="Normal Map", default=False,
+                             description="Also bake a tangent-space normal map of the surface's detail")
+    max_faces: IntProperty(name="Max Faces", default=0, min=0, max=5_000_000,
+                           description="Face budget of the mesh (0: the preset's, 10k / 50k / 100k; more takes "
+                                       "longer to unwrap)")
 
     # Image modes.
     image_source: EnumProperty(name="Source", items=IMAGE_SOURCES, default="CAMERA")

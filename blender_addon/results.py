@@ -5,10 +5,12 @@ its own thread) both come here, so a job ends the same way either way."""
 
 from __future__ import annotations
 
+import shutil
+
 import bpy
 import bpy.utils.previews
 
-from . import importer
+from . import importer, preferences
 from .jobs import Snapshot
 from .watchers import WATCHERS
 
@@ -115,8 +117,14 @@ def _import_mesh(context, s, entry, job_id: str, snap: Snapshot) -> tuple[str, s
     replace = None
     if entry is not None and s.replace_previous and entry.object_name:
         replace = bpy.data.objects.get(entry.object_name)
-    obj = importer.import_result(context, snap.mesh, name, properties, replace, snap.placement)
-    return obj.name, f"Imported '{obj.name}' ({snap.mesh.vertex_count} vertices, {snap.mesh.face_count} faces)."
+    textures = None if preferences.preferences(context).vertex_colors_only else snap.textures
+    try:
+        obj = importer.import_result(context, snap.mesh, name, properties, replace, snap.placement, textures)
+    finally:
+        if snap.textures is not None:   # packed into the .blend, or not wanted
+            shutil.rmtree(snap.textures.folder, ignore_errors=True)
+    message = f"Imported '{obj.name}' ({snap.mesh.vertex_count} vertices, {snap.mesh.face_count} faces)."
+    return obj.name, f"{message} {snap.note}" if snap.note else message
 
 
 def _import_views(context, s, entry, job_id: str, snap: Snapshot) -> tuple[str, str]:

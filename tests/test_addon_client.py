@@ -16,6 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from asset_fixture import (
+    CUBE_FACES,
+    FACE_UVS,
+    FolderClient,
+    cube,
+    ply_bytes,
+    write_result,
+)
 from server_harness import tiny_job
 
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
@@ -141,6 +149,58 @@ def test_ascii_ply_and_bad_files(tmp_path):
     assert binary.triangles.tolist() == mesh.triangles.tolist()
     with pytest.raises(plymesh.PlyError):
         plymesh.read_ply(b"not a ply at all")
+
+
+def test_corner_uvs_are_read_in_face_order_next_to_normals_and_colours():
+    """The backend's layout: normals between positions and colours, and after each face's
+    indices its texcoord list (u, v of its three corners)."""
+    uvs = [0.01 * k for k in range(6 * len(CUBE_FACES))]     # each corner's own values
+    mesh = plymesh.read_ply(ply_bytes(cube(2.0), CUBE_FACES, uvs=uvs))
+    assert mesh.vertex_count == 8 and mesh.face_count == 12
+    assert mesh.triangles.tolist() == [i for face in CUBE_FACES for i in face]
+    assert mesh.uvs.tolist() == pytest.approx(uvs) and mesh.uvs.typecode == "f"
+    assert mesh.positions[:6].tolist() == [-1.0, -1.0, 0.0, 1.0, -1.0, 0.0]   # x, y, z (not the normals)
+    assert mesh.colors[:4].tolist() == pytest.approx([200 / 255, 20 / 255, 20 / 255, 1.0])
+    old = plymesh.read_ply(ply_bytes(cube(), CUBE_FACES, normals=False))   # a PLY from before UVs
+    assert old.face_count == 12 and len(old.uvs) == 0 and old.triangles.tolist() == mesh.triangles.tolist()
+
+
+def test_ascii_ply_with_texcoord_and_bad_texcoord():
+    faces = "3 0 1 2 6 0 0 1 0 0 1\n3 0 2 3 6 0 0 0 1 1 1\n"
+    header = ("ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\n"
+              "element face 2\nproperty list uchar int vertex_indices\nproperty list uchar float texcoord\n"
+              "end_header\n")
+    mesh = plymesh.read_ply((header + "0 0 0\n1 0 0\n0 1 0\n1 1 0\n" + faces).encode())
+    assert mesh.triangles.tolist() == [0, 1, 2, 0, 2, 3] and mesh.uvs.tolist() == [0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 1, 1]
+    one_face = ply_bytes(cube(), CUBE_FACES[:1], uvs=list(FACE_UVS))   # ends: count byte, 6 floats
+    with pytest.raises(plymesh.PlyError, match="texcoord must have 6"):
+        plymesh.read_ply(one_face[:-25] + b"\x04" + one_face[-24:-8])     # 4 values: 2 corners
+    with pytest.raises(plymesh.PlyError, match="shorter than its header"):
+        plymesh.read_ply(ply_bytes(cube(), CUBE_FACES, uvs=list(FACE_UVS) * 12)[:-10])
+
+
+def test_watcher_downloads_the_textures_run_json_names(tmp_path):
+    served = write_result(tmp_path / "job", normal_map=True)
+    snap = jobs.JobWatcher(FolderClient(served, client_mod.Rejected), "j1", tmp_path).run_blocking()
+    assert snap.error == "" and snap.note == "" and snap.mesh.face_count == 12 and len(snap.mesh.uvs) == 72
+    textures = snap.textures
+    assert Path(textures.base_color).read_bytes() == (served / "texture.png").read_bytes()
+    assert Path(textures.normal).read_bytes() == (served / "normal.png").read_bytes()
+    assert Path(textures.base_color).parent == Path(textures.folder) != served
+
+
+def test_an_older_server_or_a_missing_texture_leaves_vertex_colours(tmp_path):
+    older = write_result(tmp_path / "older", texture=False)
+    snap = jobs.JobWatcher(FolderClient(older, client_mod.Rejected), "j2", tmp_path).run_blocking()
+    assert snap.error == "" and snap.note == "" and snap.textures is None and snap.mesh.face_count == 12
+    lost = write_result(tmp_path / "lost", normal_map=True)
+    (lost / "normal.png").unlink()
+    snap = jobs.JobWatcher(FolderClient(lost, client_mod.Rejected), "j3", tmp_path).run_blocking()
+    assert snap.textures.normal == "" and Path(snap.textures.base_color).is_file()
+    assert snap.note.startswith("normal.png could not be downloaded") and "imported without it" in snap.note
+    (lost / "texture.png").unlink()
+    snap = jobs.JobWatcher(FolderClient(lost, client_mod.Rejected), "j4", tmp_path).run_blocking()
+    assert snap.textures is None and snap.mesh is not None and "shows its vertex colours" in snap.note
 
 
 def test_backend_command_needs_a_real_python_and_a_local_url(tmp_path):

@@ -46,7 +46,8 @@ def panel(**changes) -> SimpleNamespace:
                 "steps": 0, "guidance_scale": 0.0, "mesh_resolution": 0, "threshold": 0.0, "image_source": "CAMERA",
                 "image_path": "", "image_prior": "zero123", "zero123_model": "ashawkey/zero123-xl-diffusers",
                 "view_count": 8, "autoregressive": False, "view_planes": False, "image_prompt": "",
-                "text_weight": 0.0, "elevation": 0.0, "azimuth": -90.0, "fov": 40.0}
+                "text_weight": 0.0, "elevation": 0.0, "azimuth": -90.0, "fov": 40.0, "size": 0.0, "origin": "center",
+                "texture_size": 0, "normal_map": False, "max_faces": 0}
     return SimpleNamespace(**{**defaults, **changes})
 
 
@@ -71,6 +72,9 @@ CASES = [
     (panel(mode="novel_views"), captured()),
     (panel(mode="novel_views", image_prior="builtin", view_count=4, steps=20, autoregressive=True,
            guidance_scale=2.0, image_source="FILE"), PICKED),
+    # The asset options (real-world size, origin, texture, face budget).
+    (panel(size=0.25, origin="bottom", texture_size=4096, normal_map=True, max_faces=20_000), None),
+    (panel(mode="image_to_3d", size=2.0, origin="bottom", normal_map=True), captured()),
 ]
 
 
@@ -111,11 +115,32 @@ def test_the_keys_each_kind_can_send_are_its_models_fields():
         assert emitted | job_requests.BACKEND_DEFAULTS[kind] == fields, f"{kind}: {sorted(fields - emitted)}"
 
 
+def test_the_mesh_options_the_panel_can_send_are_meshoptions_fields():
+    """With MESH_DEFAULTS (what the panel leaves to the backend) they name every field, so a
+    new MeshOptions field fails here until the add-on decides about it."""
+    emitted = set().union(*(job_requests.job_body(s, image).get("mesh", {}) for s, image in CASES))
+    assert emitted | job_requests.MESH_DEFAULTS == set(MeshOptions.model_fields)
+
+
+def test_asset_options_size_zero_is_left_out_and_the_rest_reach_the_request():
+    plain = TextTo3DRequest.model_validate(job_requests.job_body(panel()))
+    assert "size" not in job_requests.job_body(panel())["mesh"]
+    assert (plain.mesh.size, plain.mesh.origin, plain.mesh.texture_size, plain.mesh.normal_map,
+            plain.mesh.max_faces) == (None, "center", None, False, None)
+    asked = job_requests.job_body(panel(size=0.25, origin="bottom", texture_size=4096, normal_map=True,
+                                        max_faces=20_000))
+    mesh = TextTo3DRequest.model_validate(asked).mesh
+    assert (mesh.size, mesh.origin, mesh.texture_size, mesh.normal_map, mesh.max_faces) == (0.25, "bottom", 4096,
+                                                                                             True, 20_000)
+
+
 @pytest.mark.parametrize("settings,image", CASES)
 def test_run_again_puts_back_the_settings_that_make_the_same_body(settings, image):
     body = job_requests.job_body(settings, image, _abspath)
     editor = panel(mode="text_to_3d" if settings.mode != "text_to_3d" else "novel_views", steps=7, seed=99,
-                   guidance_scale=9.0, prompt="something else", image_prompt="other", image_source="CAMERA")
+                   guidance_scale=9.0, prompt="something else", image_prompt="other", image_source="CAMERA",
+                   size=3.0, origin="bottom" if settings.origin == "center" else "center", texture_size=128,
+                   normal_map=not settings.normal_map, max_faces=99)
     job_requests.to_settings(body, editor)
     assert editor.mode == settings.mode and editor.seed == settings.seed
     assert job_requests.job_body(editor, image, _abspath) == body

@@ -29,7 +29,8 @@ def test_zip_installs_registers_and_uninstalls(addon_zip, tmp_path):
             "settings": [name in bpy.context.scene.dreamsculpt.bl_rna.properties for name in
                          ("prompt", "negative", "prior", "model", "seed", "preset", "steps", "guidance_scale",
                           "mesh_resolution", "threshold", "history", "mode", "image_source", "image_path",
-                          "image_prior", "zero123_model", "view_count", "autoregressive", "view_planes")],
+                          "image_prior", "zero123_model", "view_count", "autoregressive", "view_planes",
+                          "size", "origin", "texture_size", "normal_map", "max_faces")],
             "enabled": "bl_ext.user_default.dreamsculpt" in bpy.context.preferences.addons,
         }}
         status = bpy.ops.extensions.package_uninstall(repo_index=1, pkg_id="dreamsculpt")
