@@ -64,8 +64,9 @@ def generate(out: Path, prompt: str, *options: str) -> dict:
 def measure(out: Path, shape: str, run: dict) -> tuple[float, np.ndarray]:
     """(voxel IoU against the built-in `shape`, mean vertex colour RGB in [0, 1])."""
     mesh = trimesh.load(out / "mesh.ply", process=False)
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)   # trimesh splits vertices at UV seams
     assert len(mesh.vertices) == run["vertices"] and len(mesh.faces) == run["faces"]
-    assert mesh.is_watertight
+    assert mesh.is_watertight and run["watertight"]
     iou = voxel_iou(mesh, lambda p: shape_occupancy(shape, p))
     colour = np.asarray(mesh.vertex_attributes["color"])[:, :3].mean(0) / 255.0
     print(f"{out.name}: IoU {iou:.3f}, mean colour {np.round(colour, 3).tolist()}, "
@@ -89,6 +90,35 @@ def test_builtin_red_shape(shape, tmp_path):
     iou, colour = measure(out, shape, run)
     assert iou >= MIN_IOU
     assert_red(colour)
+    check_textured_glb(out, run)
+
+
+def glb_json(path: Path) -> dict:
+    """The JSON chunk of a GLB (what an engine reads first)."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[12:16], "little")
+    return json.loads(data[20:20 + length])
+
+
+def check_textured_glb(out: Path, run: dict) -> None:
+    """mesh.glb is an asset an engine takes as it is: normals, UVs, a PBR material whose
+    embedded base-colour texture is red on the surface; welded, it is closed; it keeps to the
+    preset's face budget; and texture.png has no black texel (every seam padded)."""
+    gltf = glb_json(out / "mesh.glb")
+    (primitive,) = gltf["meshes"][0]["primitives"]
+    assert {"POSITION", "NORMAL", "TEXCOORD_0"} <= set(primitive["attributes"])
+    pbr = gltf["materials"][primitive["material"]]["pbrMetallicRoughness"]
+    assert "baseColorTexture" in pbr and pbr["metallicFactor"] == 0 and pbr["roughnessFactor"] == 0.9
+    assert len(gltf["images"]) == 1 and gltf["images"][0]["mimeType"] == "image/png"   # embedded
+
+    glb = trimesh.load(out / "mesh.glb").to_geometry()
+    assert glb.visual.material.baseColorTexture.size == (512, 512)   # the preview preset's
+    on_surface = np.asarray(glb.visual.to_color().vertex_colors)[:, :3].mean(0) / 255.0
+    assert_red(on_surface)
+    glb.merge_vertices(merge_tex=True, merge_norm=True)
+    assert glb.is_watertight and len(glb.faces) == run["faces"] <= 10_000
+    texture = np.asarray(Image.open(out / "texture.png").convert("RGB"))
+    assert texture.shape == (512, 512, 3) and (texture.max(-1) > 8).all(), "a black texel in texture.png"
 
 
 def test_reference_folder_with_poses(tmp_path):

@@ -10,7 +10,7 @@ import trimesh
 from dreamsculpt.config import FieldConfig, MeshConfig
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.fields import TriplaneField
-from dreamsculpt.mesh import Surface, decimate, extract_mesh, extract_surface
+from dreamsculpt.mesh import Surface, decimate, extract_mesh, extract_surface, unpinch
 from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.shapes.geometry import shape_occupancy
 
@@ -116,9 +116,11 @@ def test_decimation_keeps_a_closed_surface_closed_and_clean():
 
 def test_a_surface_under_budget_is_only_cleaned():
     box = trimesh.creation.box(extents=(1, 1, 1))
-    doubled = np.concatenate([box.faces, box.faces[:1]])        # one face repeated
-    light = decimate(Surface(np.asarray(box.vertices, np.float32), doubled), 1000)
-    assert len(light.faces) == 12 and light.is_watertight()
+    vertices = np.concatenate([box.vertices, [[5.0, 5.0, 5.0]]]).astype(np.float32)   # one unused
+    fin = [[0, 1, 2], [2, 1, 0]]             # two faces on the same vertices: a sheet of no volume
+    degenerate = [[3, 3, 4]]
+    light = decimate(Surface(vertices, np.concatenate([box.faces, fin, degenerate])), 1000)
+    assert len(light.faces) == 12 and len(light.vertices) == 8 and light.is_watertight()
 
 
 def test_voxel_iou_of_a_unit_box_against_the_cube():
@@ -135,3 +137,18 @@ def test_voxel_iou_of_an_icosphere_against_the_sphere():
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
     assert voxel_iou(sphere, lambda p: shape_occupancy("sphere", p)) > 0.93
     assert voxel_iou(sphere, lambda p: shape_occupancy("torus", p)) < 0.3
+
+
+def test_two_solids_pinched_along_an_edge_are_separated():
+    # Unit cubes meeting along the edge x = y = 1: merged, that edge has four faces.
+    a = trimesh.creation.box(bounds=[[0, 0, 0], [1, 1, 1]])
+    b = trimesh.creation.box(bounds=[[1, 1, 0], [2, 2, 1]])
+    pinched = trimesh.util.concatenate([a, b])
+    pinched.merge_vertices()
+    surface = Surface(np.asarray(pinched.vertices, np.float32), np.asarray(pinched.faces))
+    assert len(surface.vertices) == 14 and not surface.is_watertight()
+    separated = unpinch(surface)
+    assert separated.is_watertight() and len(separated.vertices) == 16
+    assert np.array_equal(separated.vertices[separated.faces], surface.vertices[surface.faces])  # nothing moved
+    assert separated.to_trimesh().volume == pytest.approx(2.0)
+    assert len(separated.to_trimesh().split(only_watertight=True)) == 2

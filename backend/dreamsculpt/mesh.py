@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import trimesh
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .cameras import Cameras, generate_rays, ray_box_intersect
 from .config import MeshConfig
@@ -43,10 +45,18 @@ class Surface:
         return bool(mesh.is_watertight and mesh.is_winding_consistent)
 
     def cleaned(self) -> "Surface":
-        """Without zero-area or repeated faces and unused vertices, coincident vertices merged."""
+        """Without zero-area faces, fins and unused vertices, coincident vertices merged.
+
+        A fin is a pair of faces on the same three vertices (a sheet of no volume, which
+        quadric decimation leaves where it collapses a thin part): both go, so the edges
+        around it are shared by two faces again. Of an odd number of copies one stays."""
         mesh = self.to_trimesh()
         mesh.merge_vertices()
-        mesh.update_faces(mesh.nondegenerate_faces(height=1e-9) & mesh.unique_faces())
+        mesh.update_faces(mesh.nondegenerate_faces(height=1e-9))
+        _, first, group, count = np.unique(np.sort(mesh.faces, 1), axis=0, return_index=True,
+                                           return_inverse=True, return_counts=True)
+        group = group.ravel()
+        mesh.update_faces((count[group] % 2 == 1) & (first[group] == np.arange(len(mesh.faces))))
         mesh.remove_unreferenced_vertices()
         return Surface(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64))
 
@@ -130,9 +140,11 @@ def decimate(surface: Surface, max_faces: int) -> Surface:
     """`surface` with at most `max_faces` faces (quadric edge collapse), without degenerate
     faces; a watertight input stays watertight.
 
-    Collapses can pinch thin parts into edges shared by four faces. When a closed input comes
-    out open, the collapse is redone less aggressively (fast-simplification's `agg`: lower
-    collapses in smaller, more careful rounds)."""
+    fast-simplification does not check that a collapse keeps the surface manifold: it can
+    pinch thin parts into fins (two faces on the same three vertices, which `Surface.cleaned`
+    removes) or press two sheets together along an edge (which `unpinch` separates again).
+    Should a closed input still come out open, the collapse is redone less aggressively
+    (its `agg`: smaller, more careful rounds)."""
     if len(surface.faces) <= max_faces:
         return surface.cleaned()
     closed = surface.is_watertight()
@@ -142,8 +154,72 @@ def decimate(surface: Surface, max_faces: int) -> Surface:
         light = Surface(np.asarray(vertices, np.float32), np.asarray(faces, np.int64)).cleaned()
         if not closed or light.is_watertight():
             return light
+        light = unpinch(light)
+        if light.is_watertight():
+            return light
     raise DreamsculptError(f"Decimating the mesh to {max_faces} faces opened holes in it. "
                            "Try a larger --max-faces.")
+
+
+def unpinch(surface: Surface) -> Surface:
+    """`surface` with every edge shared by two faces, where decimation pinched two sheets
+    together along an edge (four faces on it): each sheet gets its own copies of the pinched
+    vertices, in the same place. Faces keep their order; positions do not change.
+
+    Around a pinched edge the faces are paired in angular order, one facing each way, and
+    each vertex is split into as many copies as it has fans of faces joined across paired
+    edges. Of the two ways to pair four faces, the first is tried; an edge still shared by
+    four faces afterwards (the sheets were also joined elsewhere) is paired the other way."""
+    shifted: set[int] = set()
+    for _ in range(3):
+        vertices, faces = _split_fans(surface.vertices, surface.faces, shifted)
+        still = _edge_count_per_half_edge(faces) != 2
+        if not still.any():
+            break
+        shifted |= set(_half_edges(surface.faces)[2][still].tolist())
+    return Surface(vertices, faces)
+
+
+def _half_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(from, to, undirected edge key) of the 3F half-edges; half-edge 3f + k runs from
+    corner k of face f to corner k + 1."""
+    start, end = faces.reshape(-1), faces[:, [1, 2, 0]].reshape(-1)
+    n = int(faces.max(initial=0)) + 1
+    return start, end, np.minimum(start, end) * n + np.maximum(start, end)
+
+
+def _edge_count_per_half_edge(faces: np.ndarray) -> np.ndarray:
+    _, inverse, count = np.unique(_half_edges(faces)[2], return_inverse=True, return_counts=True)
+    return count[inverse.ravel()]
+
+
+def _split_fans(vertices: np.ndarray, faces: np.ndarray, shifted: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    start, end, key = _half_edges(faces)
+    order = np.argsort(key, kind="stable")
+    first = np.r_[0, np.nonzero(np.diff(key[order]))[0] + 1]
+    count = np.diff(np.r_[first, len(order)])
+    pairs = [np.stack([order[first[count == 2]], order[first[count == 2] + 1]], 1)]
+    for f, c in zip(first[count >= 4], count[count >= 4]):
+        around = order[f:f + c]
+        p, q = vertices[start[around[0]]], vertices[end[around[0]]]
+        axis = (q - p) / max(float(np.linalg.norm(q - p)), 1e-12)
+        third = vertices[faces.reshape(-1)[(around // 3) * 3 + (around % 3 + 2) % 3]] - p
+        third = third - np.outer(third @ axis, axis)
+        x = third[0] / max(float(np.linalg.norm(third[0])), 1e-12)
+        around = around[np.argsort(np.arctan2(third @ np.cross(axis, x), third @ x))]
+        if int(key[around[0]]) in shifted:
+            around = np.roll(around, 1)
+        pairs.append(np.stack([around[0::2], around[1::2]], 1))
+    pairs = np.concatenate(pairs)
+    pairs = pairs[start[pairs[:, 0]] == end[pairs[:, 1]]]       # one facing each way
+    # Half-edge h starts at corner h and ends at corner 3 (h // 3) + (h % 3 + 1) % 3.
+    ends = lambda h: (h // 3) * 3 + (h % 3 + 1) % 3  # noqa: E731
+    a, b = pairs[:, 0], pairs[:, 1]
+    joined = coo_matrix((np.ones(2 * len(a)), (np.r_[a, ends(a)], np.r_[ends(b), b])), shape=(len(start),) * 2)
+    copies, label = connected_components(joined, directed=False)
+    new_vertices = np.zeros((copies, 3), vertices.dtype)
+    new_vertices[label] = vertices[start]
+    return new_vertices, label.reshape(-1, 3).astype(np.int64)
 
 
 @torch.no_grad()
