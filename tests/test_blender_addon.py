@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from blender_harness import requires_bpy, run_in_blender, script
+from test_blender_assets import RENDER_FRONT
 
 import build_addon
 
@@ -56,7 +57,7 @@ SET_UP_JOB = '''
     prefs.backend_url = {url!r}
     s = bpy.context.scene.dreamsculpt
     s.prompt, s.prior, s.preset, s.seed = "a red cube", "builtin", "preview", 3
-    s.steps, s.mesh_resolution, s.threshold = 60, 32, 1.0
+    s.steps, s.mesh_resolution, s.threshold, s.origin = 60, 32, 1.0, "bottom"
     bpy.context.scene.cursor.location = (1.0, 2.0, 3.0)
     bpy.ops.ed.undo_push(message="before Dreamsculpt")
     objects_before = sorted(o.name for o in bpy.data.objects)
@@ -68,7 +69,8 @@ DESCRIBE_RESULT = '''
         colors = mesh.color_attributes.get("Color")
         material = mesh.materials[0] if mesh.materials else None
         nodes = material.node_tree.nodes if material else []
-        color_node = next((n for n in nodes if n.type == "VERTEX_COLOR"), None)
+        bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+        base = bsdf.inputs["Base Color"].links[0].from_node if bsdf and bsdf.inputs["Base Color"].is_linked else None
         red = [0.0, 0.0, 0.0, 0.0]
         if colors is not None:
             values = [0.0] * (4 * len(colors.data))
@@ -78,8 +80,10 @@ DESCRIBE_RESULT = '''
         return {"name": obj.name, "vertices": len(mesh.vertices), "faces": len(mesh.polygons),
                 "color_type": colors.data_type if colors else None, "color_domain": colors.domain if colors else None,
                 "mean_color": red, "material": material.name if material else None,
-                "color_node_layer": color_node.layer_name if color_node else None,
-                "color_linked": bool(color_node and color_node.outputs["Color"].is_linked),
+                "base": base.type if base else None,
+                "base_packed": bool(base and base.type == "TEX_IMAGE" and base.image.packed_file),
+                "uv_maps": [uv.name for uv in mesh.uv_layers],
+                "lowest_z": min((obj.matrix_world @ v.co).z for v in mesh.vertices),
                 "collection": [c.name for c in obj.users_collection], "location": list(obj.location),
                 "props": {k: obj[k] for k in obj.keys() if k.startswith("dreamsculpt")}}
 '''
@@ -89,7 +93,9 @@ def test_generate_with_the_timer_imports_a_coloured_mesh_and_undo_removes_it(add
     out = run_in_blender(script(f'''
         install({addon_zip!r})
         timer, watchers = addon_module("timer"), addon_module("watchers")
-    ''', SET_UP_JOB.format(url=server.url), DESCRIBE_RESULT, '''
+    ''', SET_UP_JOB.format(url=server.url), DESCRIBE_RESULT, RENDER_FRONT, f'''
+        front_png = {str(tmp_path / "front.png")!r}
+    ''', '''
         status = bpy.ops.dreamsculpt.generate(wait="NO")
         job_id = s.job_id
         ticks, seen_running, deadline = [], False, time.monotonic() + 120
@@ -101,6 +107,7 @@ def test_generate_with_the_timer_imports_a_coloured_mesh_and_undo_removes_it(add
             time.sleep(0.05)
         new = [o for o in bpy.data.objects if o.name not in objects_before]
         imported = describe(new[0]) if new else None
+        centre = render_front(front_png, (1.0, 2.0, 3.0)) if new else None
         entry = s.history[0]
         history = {"job_id": entry.job_id, "prompt": entry.prompt, "seed": entry.seed, "status": entry.status,
                    "object": entry.object_name}
@@ -109,7 +116,7 @@ def test_generate_with_the_timer_imports_a_coloured_mesh_and_undo_removes_it(add
         after_undo = sorted(o.name for o in bpy.data.objects)
         result(status=list(status), job_id=job_id, imported=imported, count=len(new), history=history,
                ticks=ticks, after_undo=after_undo, objects_before=objects_before, seen_running=seen_running,
-               preview=preview)
+               preview=preview, centre=centre)
     '''), tmp_path, _server_env(server))
     assert out["status"] == ["FINISHED"] and out["count"] == 1
     obj = out["imported"]
@@ -117,9 +124,13 @@ def test_generate_with_the_timer_imports_a_coloured_mesh_and_undo_removes_it(add
     assert obj["color_type"] == "FLOAT_COLOR" and obj["color_domain"] == "POINT"
     r, g, b, a = obj["mean_color"]
     assert r > 2 * g and r > 2 * b and a == pytest.approx(1.0)        # a red cube is red
-    assert obj["material"] and obj["color_node_layer"] == "Color" and obj["color_linked"]
+    # A UV-textured asset: its texture (packed) feeds the Base Color; it stands on the cursor.
+    assert obj["uv_maps"] == ["UVMap"] and obj["base"] == "TEX_IMAGE" and obj["base_packed"]
     assert obj["collection"] == ["Dreamsculpt"] and obj["name"].startswith("a red cube")
-    assert obj["location"] == pytest.approx([1.0, 2.0, 3.0])           # at the 3D cursor
+    assert obj["location"] == pytest.approx([1.0, 2.0, 3.0])           # at the 3D cursor ...
+    assert obj["lowest_z"] == pytest.approx(3.0, abs=1e-5)              # ... standing on it (origin bottom)
+    r, g, b = out["centre"]                                             # Cycles, from the front
+    assert r > 0.2 and r > 2 * g and r > 2 * b, out["centre"]
     assert obj["props"] == {"dreamsculpt_job_id": out["job_id"], "dreamsculpt_prompt": "a red cube",
                             "dreamsculpt_seed": 3, "dreamsculpt_model": "builtin"}
     assert out["history"] == {"job_id": out["job_id"], "prompt": "a red cube", "seed": 3, "status": "done",

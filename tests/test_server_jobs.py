@@ -35,7 +35,8 @@ def test_submit_poll_download(api, server):
     assert job["step"] == job["total"] == 60 and job["stage"] == "done" and job["error"] is None
     assert _time(job["created"]) <= _time(job["started"]) <= _time(job["finished"])
     assert job["preview_step"] == 60 and job["result"]["faces"] > 100
-    files = {"result.ply", "result.glb", "result.obj", "views.png", "turntable.gif", "run.json"}
+    files = {"result.ply", "result.glb", "result.obj", "result.mtl", "texture.png", "views.png", "turntable.gif",
+             "run.json"}
     assert files <= set(job["result"]["files"])
 
     ply = api.get(f"/jobs/{job['id']}/result.ply")
@@ -46,7 +47,13 @@ def test_submit_poll_download(api, server):
     assert (colours[:, 0] > colours[:, 1] + 30).mean() > 0.5    # a red cube is red
     glb = api.get(f"/jobs/{job['id']}/result.glb")
     assert glb.headers["content-type"] == "model/gltf-binary" and glb.content[:4] == b"glTF"
-    assert b"v " in api.get(f"/jobs/{job['id']}/result.obj").content
+    obj = api.get(f"/jobs/{job['id']}/result.obj")
+    assert b"v " in obj.content and f"mtllib {job['id']}-result.mtl".encode() in obj.content
+    # Saved under the names the server gives them, the OBJ, its material and texture find each other.
+    assert f"map_Kd {job['id']}-texture.png" in api.get(f"/jobs/{job['id']}/result.mtl").text
+    texture = api.get(f"/jobs/{job['id']}/texture.png")
+    assert texture.headers["content-disposition"].endswith(f'"{job["id"]}-texture.png"')
+    assert Image.open(io.BytesIO(texture.content)).size == (512, 512)
     preview = Image.open(io.BytesIO(api.get(f"/jobs/{job['id']}/preview.png").content))
     assert preview.size[0] >= 128
     assert api.get(f"/jobs/{job['id']}/views.png").headers["content-type"] == "image/png"
