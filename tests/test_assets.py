@@ -185,3 +185,21 @@ def test_obj_and_mtl_use_the_texture_and_sit_z_up(ellipsoid, tmp_path):
     glb = load_glb(tmp_path / "mesh.glb")
     assert glb.visual.material.normalTexture.size == (256, 256)
     assert glb.bounds[0, 1] == pytest.approx(0.0, abs=1e-6)      # Y up in glTF: the bottom at y = 0
+
+
+def test_an_image_jobs_placement_undoes_size_and_origin():
+    from types import SimpleNamespace
+
+    import torch
+    from dreamsculpt.tasks.stages import placement
+
+    world = np.array([[0.5, 0, 0, 1.0], [0, 0.5, 0, 2.0], [0, 0, 0.5, 0.5], [0, 0, 0, 1]])   # canonical -> world
+    camera = SimpleNamespace(azimuth_deg=torch.zeros(1), elevation_deg=torch.zeros(1), distance=torch.ones(1),
+                             fov_deg=torch.ones(1), c2w=torch.eye(4)[None])
+    view = SimpleNamespace(placement=torch.tensor(world), camera=camera, source="shot.png", world_c2w=torch.eye(4))
+    canonical = np.array([[-0.3, -0.2, -0.4], [0.5, 0.1, 0.6], [0.0, 0.4, -0.1]], dtype=np.float32)
+    transform = fit_transform(canonical, 2.0, "bottom")
+    matrix = np.asarray(placement(view, transform).matrix)
+    asset = np.c_[transform.apply(canonical), np.ones(3)]
+    # The sized, re-origined mesh lands exactly where the canonical one did.
+    assert np.allclose(asset @ matrix.T, np.c_[canonical, np.ones(3)] @ world.T, atol=1e-5)

@@ -92,14 +92,17 @@ def field_functions(field):
     return albedo, normals
 
 
-def placement(view, transform) -> Placement:
-    """Where the asset (made with AssetTransform `transform` from the canonical frame of the
-    picture `view`, a PictureView) sits in the world, and the picture's camera in both frames:
-    the object lands where the camera saw it, whatever --size and --origin did to the mesh."""
+def placement(view, transform=None) -> Placement:
+    """Where the canonical frame of the picture `view` (a PictureView) sits in the world, and
+    the picture's camera in both frames. With the AssetTransform `transform` a mesh was made
+    with, the matrix places that mesh: the object lands where the camera saw it, whatever
+    --size and --origin did to the mesh."""
     import numpy as np
 
     cam = view.camera
-    matrix = np.asarray(view.placement, dtype=np.float64) @ np.linalg.inv(transform.matrix())
+    matrix = np.asarray(view.placement, dtype=np.float64)
+    if transform is not None:
+        matrix = matrix @ np.linalg.inv(transform.matrix())
     return Placement(matrix.tolist(), {
         "file": "reference.png", "source": Path(view.source).name,
         "azimuth_deg": float(cam.azimuth_deg[0]), "elevation_deg": float(cam.elevation_deg[0]),
