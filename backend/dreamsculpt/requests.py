@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from .config import (
+    BACKGROUNDS,
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
@@ -135,11 +136,16 @@ class _Optimised(_Run):
     resolution: int | None = Field(None, ge=LIMITS["resolution"][0], le=LIMITS["resolution"][1],
                                    description="Render size during optimisation (default: the preset's).")
     mesh: MeshOptions = Field(default_factory=MeshOptions)
+    background: Literal[BACKGROUNDS] = Field(  # type: ignore[valid-type]
+        "auto", description="What renders are composited over in training. auto: random solid colours "
+                            "where the prior knows its images' outlines (reference sets, builtin), learned "
+                            "for sd, else white.")
 
     def _optimise_options(self) -> dict:
         m = self.mesh
         return {"preset": self.preset, "steps": self.steps, "resolution": self.resolution,
-                "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces, "obj": m.obj}
+                "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces, "obj": m.obj,
+                "background": self.background}
 
 
 class TextTo3DRequest(_Optimised):
