@@ -80,20 +80,35 @@ class ImageSet:
 
 
 def plain_background_mask(rgb: torch.Tensor, colour: torch.Tensor, tolerance: float = 0.04,
-                          soft: float = 0.08) -> torch.Tensor:
+                          soft: float = 0.08, min_enclosed: float | None = None) -> torch.Tensor:
     """[3, H, W] an image on a plain background of `colour` [3] -> the object's mask [H, W].
 
     The background is the region within `tolerance` (largest channel difference) of the colour
     that touches the frame, so parts of the object of that colour stay object where they are
-    enclosed by it. Pixels next to the background fade in over the next `soft` of difference
-    (anti-aliased edges); the rest is object.
+    enclosed by it. With `min_enclosed` (a share of the image), enclosed regions of the colour
+    at least that large are background too: a ring's hole, the space between a table's legs
+    (smaller ones, like highlights, stay object). Pixels within 2 of the background are
+    anti-aliased edges, x = a f + (1 - a) colour with f the colour of the nearest pixel inside
+    the object: a by least squares. (Where f is within `soft` of the background colour, a
+    ramps from 0 to 1 over `soft` of difference instead.) The rest is object.
     """
     from scipy import ndimage
 
     distance = (rgb - colour.reshape(3, 1, 1)).abs().amax(0)
-    labels, _ = ndimage.label((distance <= tolerance).numpy())
-    border = set(labels[0]) | set(labels[-1]) | set(labels[:, 0]) | set(labels[:, -1])
-    background = torch.from_numpy(np.isin(labels, [b for b in border if b]))
-    edge = ((distance - tolerance) / soft).clamp(0, 1)
-    near = torch.from_numpy(ndimage.binary_dilation(background.numpy(), iterations=2))
-    return torch.where(background, torch.zeros_like(edge), torch.where(near, edge, torch.ones_like(edge)))
+    labels, count = ndimage.label((distance <= tolerance).numpy())
+    chosen = set(labels[0]) | set(labels[-1]) | set(labels[:, 0]) | set(labels[:, -1])
+    if min_enclosed is not None:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        chosen |= set(np.nonzero(sizes >= min_enclosed * labels.size)[0].tolist())
+    background = np.isin(labels, [b for b in chosen if b])
+    edge = ndimage.binary_dilation(background, iterations=2) & ~background
+    inside = ~background & ~edge
+    alpha = ((distance - tolerance) / soft).clamp(0, 1)
+    if inside.any():
+        _, (rows, cols) = ndimage.distance_transform_edt(~inside, return_indices=True)
+        towards = rgb - colour.reshape(3, 1, 1)                                # x - colour
+        span = rgb[:, torch.from_numpy(rows), torch.from_numpy(cols)] - colour.reshape(3, 1, 1)  # f - colour
+        unmixed = ((towards * span).sum(0) / span.square().sum(0).clamp_min(1e-6)).clamp(0, 1)
+        alpha = torch.where(span.abs().amax(0) > soft, unmixed, alpha)
+    alpha = torch.where(torch.from_numpy(edge), alpha, torch.ones_like(alpha))
+    return alpha.masked_fill(torch.from_numpy(background), 0.0)
