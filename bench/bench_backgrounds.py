@@ -100,7 +100,7 @@ def main() -> None:
         for background in ("white", "random"):
             if args.wait_quiet:
                 wait_until_quiet(args.wait_quiet)
-            rows.append(run_one(scene, folder, background, args, root / f"{scene}-{background}"))
+            rows.append(run_one(scene, folder, background, args, root / f"{scene}-{background}-{args.resolution}px"))
             print(json.dumps(rows[-1]), file=sys.stderr)
     source = "our sphere tracer" if args.tracer else "Blender 5.0 (Cycles, 16 samples)"
     print(f"Posed reference sets, {len(default_views())} views at {args.views_resolution} px from {source}, "

@@ -181,6 +181,39 @@ def test_solid_backgrounds_are_reported_with_the_render():
     assert Background("learned").solid(2) is None
 
 
+def test_training_hands_each_renders_colour_to_the_prior_and_repeats_for_a_seed():
+    from dreamsculpt.optimize import Trainer
+    from test_optimize import assert_same_parameters, parameters, tiny_config
+
+    config = tiny_config(steps=4)
+    g = torch.Generator().manual_seed(0)
+    masks = (torch.rand(4, 1, 16, 16, generator=g) > 0.5).float()
+    images = masks * torch.rand(4, 3, 16, 16, generator=g) + 1 - masks
+    seen = []
+
+    class Spy(ClosedFormPrior):
+        def grad(self, images, cameras, progress, generator, backgrounds=None):
+            seen.append((images.detach().clone(), backgrounds))
+            return super().grad(images, cameras, progress, generator, backgrounds=backgrounds)
+
+    def run():
+        t = Trainer(config, Spy(ImageSet(images, ["a"] * 4, masks=masks), torch.ones(4, dtype=torch.bool),
+                                config.guidance))
+        assert t.background.mode == "random"
+        t.run()
+        return parameters(t)
+
+    first = run()
+    colours = [b for _, b in seen]
+    assert all(b.shape == (1, 3) and not torch.equal(b, torch.ones(1, 3)) for b in colours)
+    assert len({tuple(b[0].tolist()) for b in colours}) == 4          # a new colour every step
+    corner = [render[0, :, 0, 0] for render, _ in seen]                # the box's corner sees no field
+    assert all(torch.allclose(c, b[0], atol=1e-5) for c, b in zip(corner, colours))
+    seen.clear()
+    assert_same_parameters(first, run())
+    assert all(torch.equal(a, b) for a, b in zip(colours, [b for _, b in seen]))
+
+
 # --- A ring photographed on white keeps its hole ------------------------------------------------
 
 #: The preview preset's 32 px renders, long enough for the hole to clear (at 300 steps a red
