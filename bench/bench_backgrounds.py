@@ -8,7 +8,8 @@ text_to_3d task with `--prior references` twice: background forced "white" (as b
 scene's exact SDF, how far the mesh reaches below the true bottom, and mesh vertices in space
 that must stay empty (the ring's hole; between the table's legs, under its top).
 
-    .venv/bin/python bench/bench_backgrounds.py --wait-quiet 300           # ~6 min
+    .venv/bin/python bench/bench_backgrounds.py --wait-quiet 300           # 32 px renders: ~6 min
+    .venv/bin/python bench/bench_backgrounds.py --resolution 64            # ~10 min; the legs resolve
     .venv/bin/python bench/bench_backgrounds.py --scenes torus --steps 300
     .venv/bin/python bench/bench_backgrounds.py --tracer                    # no Blender: our tracer
 

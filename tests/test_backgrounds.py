@@ -214,6 +214,21 @@ def test_training_hands_each_renders_colour_to_the_prior_and_repeats_for_a_seed(
     assert all(torch.equal(a, b) for a, b in zip(colours, [b for _, b in seen]))
 
 
+def test_background_is_a_request_field_and_a_cli_option(tmp_path):
+    from dreamsculpt import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["generate", "a red cube", "--prior", "builtin", "--background", "white"])
+    request = cli.request_from_args(args, parser)
+    assert request.background == "white" and request.to_config().guidance.background == "white"
+    default = cli.request_from_args(parser.parse_args(["generate", "a red cube"]), parser)
+    assert default.background == "auto" and default.to_config().guidance.background == "auto"
+    assert "--background" not in {o for a in parser._subparsers._group_actions[0].choices["novel-views"]._actions
+                                  for o in a.option_strings}       # novel views optimise nothing
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "a red cube", "--background", "purple"])
+
+
 # --- A ring photographed on white keeps its hole ------------------------------------------------
 
 #: The preview preset's 32 px renders, long enough for the hole to clear (at 300 steps a red

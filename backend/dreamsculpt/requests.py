@@ -144,8 +144,7 @@ class _Optimised(_Run):
     def _optimise_options(self) -> dict:
         m = self.mesh
         return {"preset": self.preset, "steps": self.steps, "resolution": self.resolution,
-                "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces, "obj": m.obj,
-                "background": self.background}
+                "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces, "obj": m.obj}
 
 
 class TextTo3DRequest(_Optimised):
@@ -183,7 +182,8 @@ class TextTo3DRequest(_Optimised):
     def to_config(self, device: str = "auto", image_path: str | Path | None = None) -> RunConfig:
         """The run's configuration (`image_path` is for the image kinds; unused here)."""
         return build_config(self.prompt, prior=self.prior, negative=self.negative, model=self.model,
-                            references=self.references, **self._run_options(device), **self._optimise_options())
+                            references=self.references, **self._run_options(device), **self._optimise_options(),
+                            background=self.background)
 
 
 class _FromImage(_Run):
@@ -233,7 +233,7 @@ class ImageTo3DRequest(_FromImage, _Optimised):
     def to_config(self, device: str = "auto", image_path: str | Path = "") -> RunConfig:
         return build_image_config(self.kind, str(image_path), **self._image_options(device),
                                   **self._optimise_options(), prompt=self.prompt, text_weight=self.text_weight,
-                                  text_model=self.text_model)
+                                  text_model=self.text_model, background=self.background)
 
 
 class NovelViewsRequest(_FromImage):
