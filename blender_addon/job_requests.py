@@ -22,8 +22,8 @@ IMAGE_KINDS = ("image_to_3d", "novel_views")
 #: with the fields the builder emits they name every field of the model. "image" is the
 #: uploaded picture's id, added on the job's thread (jobs.upload_and_submit).
 BACKEND_DEFAULTS = {
-    "text_to_3d": frozenset({"fp16", "resolution"}),
-    "image_to_3d": frozenset({"fp16", "resolution", "variant", "text_model", "image"}),
+    "text_to_3d": frozenset({"fp16", "resolution", "background"}),
+    "image_to_3d": frozenset({"fp16", "resolution", "variant", "text_model", "image", "background"}),
     "novel_views": frozenset({"fp16", "variant", "views", "neighbours", "image"}),
 }
 #: MeshOptions' fields the panel never sets: the add-on imports result.ply, so no OBJ.

@@ -158,7 +158,7 @@ class NaNGuidance:
     background = "white"
     device = torch.device("cpu")
 
-    def grad(self, images, cameras, progress, generator):
+    def grad(self, images, cameras, progress, generator, backgrounds=None):
         return GuidanceOutput(torch.full_like(images, float("nan")), float("nan"), torch.zeros(len(images)))
 
 

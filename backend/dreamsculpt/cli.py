@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import (
+    BACKGROUNDS,
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--references", metavar="DIR", help="folder of square images (+ optional poses.json)")
     gen.add_argument("--negative", default="", help="negative prompt (sd prior)")
     _add_mesh_options(gen)
+    _add_background_option(gen)
     _add_run_options(gen, "out/<prompt>", "classifier-free guidance (default: 100 for sd)")
 
     img = sub.add_parser("image-to-3d", help="one image (and its camera) to a coloured mesh")
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--text-weight", type=float, default=0.0, help="weight of the text guidance (needs --prompt)")
     img.add_argument("--text-model", default=DEFAULT_SD_MODEL, help="Stable Diffusion model of the text guidance")
     _add_mesh_options(img)
+    _add_background_option(img)
     _add_run_options(img, "out/<image name>", "classifier-free guidance (default: the prior's)")
 
     views = sub.add_parser("novel-views", help="one image (and its camera) to views of the object around it")
@@ -103,6 +106,12 @@ def _add_mesh_options(p: argparse.ArgumentParser) -> None:
                    help="the object's origin: its bounding box's centre, or its bottom (it stands on the floor)")
     p.add_argument("--obj", action="store_true", help="also write mesh.obj, mesh.mtl and texture.png")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+
+
+def _add_background_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--background", choices=BACKGROUNDS, default="auto",
+                   help="what renders are composited over in training: auto (random colours where the prior "
+                        "knows the objects' outlines: reference sets, builtin; learned for sd; else white)")
 
 
 def _add_run_options(p: argparse.ArgumentParser, out: str, guidance: str) -> None:

@@ -14,6 +14,10 @@ PRIORS = ("sd", "builtin", "references")
 #: Priors of the image kinds: Zero-1-to-3 (a model), or the built-in shapes, view-conditioned.
 IMAGE_PRIORS = ("zero123", "builtin")
 ZERO123_VARIANTS = ("auto", "zero123", "stable_zero123")
+#: What renders are composited over in training. auto: random solid colours where the prior
+#: knows its images' masks (reference sets, the built-in shapes), learned for Stable
+#: Diffusion, white otherwise (Zero123).
+BACKGROUNDS = ("auto", "white", "random", "learned")
 #: image_to_3d: default (lambda_rgb, lambda_mask) per prior. The built-in set already holds the
 #: reference, and a heavier pull on it cost IoU (cube from one view, CI size: 0.958 at 0.1,
 #: 0.818 at 1.0; bench/bench_image.py). Zero123 knows the picture only through its input, so
@@ -70,6 +74,7 @@ class GuidanceConfig:
     device: str = "auto"            # auto: cuda, then mps, then cpu
     zero123_model: str = DEFAULT_ZERO123_MODEL   # image kinds: hub id, diffusers folder or one file
     zero123_variant: str = "auto"   # camera embedding: auto (from the name) | zero123 | stable_zero123
+    background: str = "auto"        # one of BACKGROUNDS
 
 
 @dataclass
@@ -214,13 +219,13 @@ def build_config(prompt: str, *, prior: str = "sd", negative: str = "", model: s
                  threshold: float | None = None, max_faces: int | None = None,
                  texture_size: int | None = None, normal_map: bool = False, size: float | None = None,
                  origin: str = "center", obj: bool = False, device: str = "auto",
-                 fp16: bool = False) -> RunConfig:
+                 fp16: bool = False, background: str = "auto") -> RunConfig:
     """The RunConfig of a text-to-3D run from the options a user gives (CLI flags or a job
     request); None keeps the preset's value. Range checks are the caller's (see LIMITS)."""
     config = apply_preset(RunConfig(), preset)
     g = config.guidance
     g.prior, g.prompt, g.negative, g.model, g.references = prior, prompt, negative, model, references
-    g.guidance_scale, g.device, g.fp16 = guidance_scale, device, fp16
+    g.guidance_scale, g.device, g.fp16, g.background = guidance_scale, device, fp16, background
     config.train.seed = seed
     if steps is not None:
         config.train.steps = steps
@@ -247,13 +252,14 @@ def build_image_config(kind: str, image: str, *, prior: str = "zero123", camera:
                        max_faces: int | None = None, obj: bool = False, device: str = "auto",
                        fp16: bool = False, view_count: int = 8,
                        views: list[tuple[float, float]] | None = None, autoregressive: bool = False,
-                       neighbours: int = 2, sample_steps: int | None = None, **asset) -> RunConfig:
+                       neighbours: int = 2, sample_steps: int | None = None, background: str = "auto",
+                       **asset) -> RunConfig:
     """The RunConfig of an image_to_3d or novel_views run (CLI flags or a job request). For
     novel_views `steps` is not used: `sample_steps` (default 50) sets the denoising steps."""
     config = build_config(prompt, prior=prior, model=text_model, preset=preset, seed=seed, steps=steps,
                           guidance_scale=guidance_scale, resolution=resolution,
                           mesh_resolution=mesh_resolution, threshold=threshold, max_faces=max_faces,
-                          obj=obj, device=device, fp16=fp16, **asset)
+                          obj=obj, device=device, fp16=fp16, background=background, **asset)
     config.kind = kind
     config.guidance.zero123_model, config.guidance.zero123_variant = model, variant
     i = config.image

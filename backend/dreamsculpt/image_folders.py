@@ -11,10 +11,20 @@ Images:
 * PNG, JPG or JPEG (any case). They must be square: crop them to a square around the object
   (centred) first; they are resized to the run's resolution with an area filter.
 * Images with transparency (RGBA, LA, palette with a transparent colour) are composited over
-  white. Plain RGB images are used as they are, so their background should be white or close
-  to it: the reference prior compares renders over white. A warning names the images whose
-  border is far from white; nothing is repainted (a "background colour" guessed from the
-  border can just as well be part of the object).
+  white, and their alpha is the object's mask.
+* Plain RGB images should have a white (or near-white: every channel at least 90%) plain
+  background. The background is the region of the border's colour (within 4%) that touches
+  the border, or is enclosed by the object and covers at least 1/2000 of the image (a ring's
+  hole, even a sliver of it; smaller specks stay object); it becomes the mask's outside, with
+  anti-aliased edges unmixed, and is painted exactly white.
+  Near-white parts of the object that touch the background, or large ones, count as
+  background: save such images with transparency instead.
+  A warning names the images whose border is far from white; those are used as they are,
+  without a mask (a "background colour" guessed from a dark border can just as well be part
+  of the object).
+* When every image has a mask, the set has masks and training composites renders and
+  references over random solid colours (near-white haze is then seen and removed); when any
+  image has none, both stay over white.
 * JPEG EXIF orientation is applied, as image viewers do.
 
 `poses.json`, when present, maps every image's file name to its camera (conventions in
@@ -46,7 +56,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .errors import DreamsculptError
-from .image_sets import ImageSet
+from .image_sets import ImageSet, plain_background_mask
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 POSES_FILE = "poses.json"
@@ -62,26 +72,40 @@ def load_image_folder(folder: str | Path, resolution: int) -> ImageSet:
     """Read a folder of reference images (and its optional poses.json).
 
     Returns an ImageSet with images [N, 3, resolution, resolution] in [0, 1] over white, all
-    labelled with the folder's name, and poses [N] each or None.
+    labelled with the folder's name, poses [N] each or None, and masks [N, 1, resolution,
+    resolution] when every image has one (alpha or a plain near-white background), else None.
     Raises DreamsculptError, saying what to do, for anything unusable.
     """
     folder = Path(folder).expanduser()
     paths = _image_paths(folder)
-    images, dark = [], []
+    images, masks, dark = [], [], []
     for path in paths:
-        image, has_alpha = _read_image(path)
-        if not has_alpha and _border_median(image).min() < _WHITE_BORDER:
-            dark.append(path.name)
+        image, mask = _read_image(path)
+        if mask is None:
+            if _border_median(image).min() < _WHITE_BORDER:
+                dark.append(path.name)
+            image, mask = _plain_white_background(image)
         images.append(_resize(image, resolution))
+        masks.append(None if mask is None else _resize(mask, resolution))
+    unmasked = [p.name for p, m in zip(paths, masks) if m is None]
+    if unmasked and len(unmasked) < len(paths):
+        warnings.warn(f"{len(unmasked)} of {len(paths)} reference images in {folder} ({_listed(unmasked)}) have "
+                      "neither transparency nor a plain white background, so the object's outline is "
+                      "unknown there: training stays on a white background for the whole set.",
+                      UserWarning, stacklevel=2)
     if dark:
-        shown = ", ".join(dark[:5]) + (", ..." if len(dark) > 5 else "")
-        warnings.warn(f"{len(dark)} of {len(paths)} reference images in {folder} ({shown}) do not have a "
+        warnings.warn(f"{len(dark)} of {len(paths)} reference images in {folder} ({_listed(dark)}) do not have a "
                       "white background. The reference prior compares renders over white: save them "
                       "with transparency (RGBA) or paint the background white for best results.",
                       UserWarning, stacklevel=2)
     poses = _read_poses(folder, [p.name for p in paths])
     label = folder.resolve().name or "references"
-    return ImageSet(torch.stack(images), [label] * len(paths), *poses)
+    stacked = None if unmasked else torch.stack(masks)
+    return ImageSet(torch.stack(images), [label] * len(paths), *poses, masks=stacked)
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def _image_paths(folder: Path) -> list[Path]:
@@ -117,8 +141,9 @@ def open_rgba(path: Path) -> np.ndarray:
         return _as_rgba(img)
 
 
-def _read_image(path: Path) -> tuple[torch.Tensor, bool]:
-    """-> ([3, H, W] float in [0, 1] composited over white, whether it had transparency)."""
+def _read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> ([3, H, W] float in [0, 1] composited over white, its alpha [1, H, W] when it has
+    transparency, else None)."""
     try:
         rgba = open_rgba(path)
     except IMAGE_ERRORS as exc:
@@ -130,7 +155,34 @@ def _read_image(path: Path) -> tuple[torch.Tensor, bool]:
                                "images must be square. Crop it to a square with the object centred.")
     rgba = torch.from_numpy(rgba).permute(2, 0, 1)
     rgb, alpha = rgba[:3], rgba[3:]
-    return rgb * alpha + (1.0 - alpha), bool((alpha < 1.0).any())
+    return rgb * alpha + (1.0 - alpha), alpha if bool((alpha < 1.0).any()) else None
+
+
+#: Plain background: 90% of the border within this (largest channel difference) of its median.
+_PLAIN_BORDER = 0.04
+#: ... and a mask is derived only when that median is at least this bright in every channel.
+_NEAR_WHITE = 0.9
+#: Regions of the background colour enclosed by the object and at least this share of the
+#: image are background too. Missing one is worse than taking a white highlight for a hole:
+#: under random backgrounds it asks for white density there (slivers of a ring's hole seen
+#: from 30 degrees are ~15 px of 4096; at 1/200 they stayed object and the hole closed).
+_MIN_ENCLOSED = 0.0005
+
+
+def _plain_white_background(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[3, H, W] without transparency -> (the image with its background painted exactly white,
+    the object's mask [1, H, W]), or (the image, None) when the border is not one near-white
+    colour."""
+    frame = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], -1)
+    colour = frame.median(-1).values
+    spread = (frame - colour[:, None]).abs().amax(0)
+    if colour.min() < _NEAR_WHITE or float(torch.quantile(spread, 0.9)) > _PLAIN_BORDER:
+        return image, None
+    mask = plain_background_mask(image, colour, tolerance=_PLAIN_BORDER, min_enclosed=_MIN_ENCLOSED)[None]
+    # Over white: m * object + (1 - m) * white = image + (1 - m)(1 - background colour); the
+    # background itself exactly white (its noise is no part of the object).
+    over_white = (image + (1.0 - mask) * (1.0 - colour[:, None, None])).clamp(0, 1)
+    return torch.where(mask > 0, over_white, torch.ones_like(image)), mask
 
 
 def _as_rgba(img: Image.Image) -> np.ndarray:

@@ -132,7 +132,9 @@ class Trainer:
                      self.generator, want_normals=t.lambda_orient > 0 and mode != "albedo")
         tock = time.perf_counter()
         progress = self.step_index / max(t.steps, 1)
-        guided = self.guidance.grad(out.rgb, cameras, progress, self.generator)
+        # The colours behind each render (random ones on each step): a prior that knows its
+        # images' masks composites them over the same colours.
+        guided = self.guidance.grad(out.rgb, cameras, progress, self.generator, backgrounds=out.background)
         tuck = time.perf_counter()
         if not torch.isfinite(guided.grad).all():
             raise NonFiniteError(f"The guidance gradient became NaN/Inf at step {self.step_index}. "

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -35,6 +34,7 @@ from PIL import Image
 from .cameras import Cameras, orbit_c2w
 from .config import ImageConfig
 from .errors import DreamsculptError
+from .image_sets import plain_background_mask
 
 MIN_SIDE, MAX_SIDE = 32, 4096          # accepted image sizes, pixels
 MIN_OBJECT_PIXELS = 64                 # fewer mask pixels than this: "no object"
@@ -315,17 +315,7 @@ def alpha_over_white(rgb: torch.Tensor, tolerance: float = 0.04, soft: float = 0
     """[3, S, S] a view drawn over white -> [4, S, S] with an alpha: the background is the
     near-white region that touches the frame (so white parts inside the object stay opaque),
     with a soft edge over the next `soft` of distance from white."""
-    from scipy import ndimage
-
-    distance = (1.0 - rgb).amax(0)
-    near_white = (distance <= tolerance).numpy()
-    labels, _ = ndimage.label(near_white)
-    border = set(labels[0]) | set(labels[-1]) | set(labels[:, 0]) | set(labels[:, -1])
-    background = torch.from_numpy(np.isin(labels, [b for b in border if b]))
-    edge = ((distance - tolerance) / soft).clamp(0, 1)
-    # Background pixels are transparent; pixels next to it fade in with their distance from white.
-    near = torch.from_numpy(ndimage.binary_dilation(background.numpy(), iterations=2))
-    alpha = torch.where(background, torch.zeros_like(edge), torch.where(near, edge, torch.ones_like(edge)))
+    alpha = plain_background_mask(rgb, torch.ones(3), tolerance, soft)
     return straight_rgba(rgb, alpha[None])
 
 

@@ -85,8 +85,10 @@ def _image_folder(g: GuidanceConfig, resolution: int, views: TrainingViews, mode
         raise DreamsculptError("--prior references needs --references DIR: a folder of square PNG/JPG images.")
     images = load_image_folder(g.references, resolution)
     posed = "with poses" if images.has_poses else "without poses"
+    masked = "with masks" if images.has_masks else "without masks"
     return Prior(ClosedFormPrior(images, torch.ones(len(images), dtype=torch.bool), g),
-                 f"references: {len(images)} images {posed} from {g.references}", None, posed_views(images, views))
+                 f"references: {len(images)} images {posed}, {masked} from {g.references}", None,
+                 posed_views(images, views))
 
 
 def _stable_diffusion(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:

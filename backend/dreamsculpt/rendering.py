@@ -25,6 +25,8 @@ class RenderOutput:
     normal: [B, 3, S, S] world-space, opacity-weighted (zeros where not computed).
     orientation: scalar, the orientation penalty (0 when normals were not computed).
     samples: number of field evaluations this render made.
+    background: [B, 3] the solid colour each image is composited over, in [0, 1]; None for a
+    learned background (it varies over the image).
     """
 
     rgb: torch.Tensor
@@ -33,6 +35,7 @@ class RenderOutput:
     normal: torch.Tensor
     orientation: torch.Tensor
     samples: int
+    background: torch.Tensor | None = None
 
 
 def composite(density: torch.Tensor, deltas: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,13 +68,21 @@ class Background(nn.Module):
         if mode == "learned":
             self.mlp = nn.Sequential(nn.Linear(3 + 12, 16), nn.SiLU(), nn.Linear(16, 3))
 
+    def solid(self, batch: int, generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """[batch, 3] one colour per image (random ones drawn from `generator`), or None when
+        the background is learned (not one colour)."""
+        if self.mode == "white":
+            return torch.ones(batch, 3, device=device)
+        if self.mode == "random":
+            return torch.rand((batch, 3), generator=generator).to(device)
+        return None
+
     def forward(self, directions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """directions: [B, S, S, 3] -> colours [B, S, S, 3]."""
-        if self.mode == "white":
-            return torch.ones_like(directions)
-        if self.mode == "random":
-            colour = torch.rand((directions.shape[0], 1, 1, 3), generator=generator).to(directions)
-            return colour.expand_as(directions)
+        colour = self.solid(directions.shape[0], generator, directions.device)
+        if colour is not None:
+            return colour[:, None, None].to(directions).expand_as(directions)
         enc = [directions] + [f(k * directions) for k in (1.0, 2.0) for f in (torch.sin, torch.cos)]
         return torch.sigmoid(self.mlp(torch.cat(enc, -1)))
 
@@ -132,7 +143,12 @@ def render(field: TriplaneField, cameras: Cameras, size: int, samples_per_ray: i
 
     B = len(cameras)
     to_image = lambda x: x.reshape(B, size, size, -1).permute(0, 3, 1, 2)  # noqa: E731
-    bg = (background or Background("white"))(rays.directions, generator).reshape(-1, 3)
+    background = background or Background("white")
+    solid = background.solid(len(cameras), generator, out.device)
+    if solid is None:
+        bg = background(rays.directions, generator).reshape(-1, 3)
+    else:
+        bg = solid[:, None].expand(-1, size * size, 3).reshape(-1, 3)
     rgb = out[:, :3] + (1.0 - opacity) * bg
     if normals_k is not None:
         normal = out[:, 3:6]
@@ -144,4 +160,4 @@ def render(field: TriplaneField, cameras: Cameras, size: int, samples_per_ray: i
         orientation = torch.zeros((), device=rgb.device)
     depth = out[:, -1:] + (1.0 - opacity) * far  # rays that see nothing report the far plane
     return RenderOutput(to_image(rgb), to_image(opacity), to_image(depth), to_image(normal),
-                        orientation, int(inner.shape[0]))
+                        orientation, int(inner.shape[0]), solid)

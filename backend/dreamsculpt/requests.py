@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from .config import (
+    BACKGROUNDS,
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
@@ -144,6 +145,10 @@ class _Optimised(_Run):
     resolution: int | None = Field(None, ge=LIMITS["resolution"][0], le=LIMITS["resolution"][1],
                                    description="Render size during optimisation (default: the preset's).")
     mesh: MeshOptions = Field(default_factory=MeshOptions)
+    background: Literal[BACKGROUNDS] = Field(  # type: ignore[valid-type]
+        "auto", description="What renders are composited over in training. auto: random solid colours "
+                            "where the prior knows its images' outlines (reference sets, builtin), learned "
+                            "for sd, else white.")
 
     def _optimise_options(self) -> dict:
         m = self.mesh
@@ -188,7 +193,8 @@ class TextTo3DRequest(_Optimised):
     def to_config(self, device: str = "auto", image_path: str | Path | None = None) -> RunConfig:
         """The run's configuration (`image_path` is for the image kinds; unused here)."""
         return build_config(self.prompt, prior=self.prior, negative=self.negative, model=self.model,
-                            references=self.references, **self._run_options(device), **self._optimise_options())
+                            references=self.references, **self._run_options(device), **self._optimise_options(),
+                            background=self.background)
 
 
 class _FromImage(_Run):
@@ -238,7 +244,7 @@ class ImageTo3DRequest(_FromImage, _Optimised):
     def to_config(self, device: str = "auto", image_path: str | Path = "") -> RunConfig:
         return build_image_config(self.kind, str(image_path), **self._image_options(device),
                                   **self._optimise_options(), prompt=self.prompt, text_weight=self.text_weight,
-                                  text_model=self.text_model)
+                                  text_model=self.text_model, background=self.background)
 
 
 class NovelViewsRequest(_FromImage):

@@ -2,12 +2,14 @@
 
 The optimisation loop only ever calls::
 
-    out = guidance.grad(images, cameras, progress, generator)
+    out = guidance.grad(images, cameras, progress, generator, backgrounds=colours)
     (images * out.grad).sum().backward()
 
 so the reference prior, Stable Diffusion (and later DeepFloyd IF or Zero123) are
 interchangeable. `grad` is d(loss)/d(images): the Score Distillation Sampling gradient
-w(t) * (eps_hat - eps) carried back to image space.
+w(t) * (eps_hat - eps) carried back to image space. `backgrounds` [B, 3] is the solid colour
+each render was composited over (None: white, or a learned background): a prior that knows
+its images' masks composites them over the same colour; others ignore it.
 """
 
 from __future__ import annotations
@@ -33,15 +35,16 @@ class GuidanceOutput:
 
 
 class Guidance(Protocol):
-    #: Background the prior expects behind the object: "white" for rendered reference
-    #: sets, "learned" / "random" for natural-image models.
+    #: Background the training renders get: "white" for priors that only know white
+    #: backgrounds, "random" for image sets with masks, "learned" for natural-image models.
     background: str
     #: Where the prior runs; the field being optimised lives there too.
     device: torch.device
 
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
-             generator: torch.Generator) -> GuidanceOutput:
-        """images: [B, 3, H, W] renders in [0, 1]; progress: fraction of the run done."""
+             generator: torch.Generator, backgrounds: torch.Tensor | None = None) -> GuidanceOutput:
+        """images: [B, 3, H, W] renders in [0, 1]; progress: fraction of the run done;
+        backgrounds: [B, 3] the solid colour each render is composited over (None: white)."""
         ...
 
 
@@ -87,6 +90,12 @@ class TimestepSchedule:
         return self.t_min + (hi - self.t_min) * torch.rand(batch, generator=generator)
 
 
+def chosen_background(asked: str, auto: str) -> str:
+    """The training background: `asked` (GuidanceConfig.background), or the prior's own
+    choice `auto` when asked "auto"."""
+    return auto if asked == "auto" else asked
+
+
 #: View suffixes appended to the prompt, in DreamFusion's manner.
 VIEW_NAMES = ("front", "side", "back", "overhead")
 
@@ -120,7 +129,7 @@ class CombinedGuidance:
         self.device = parts[0][0].device
 
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
-             generator: torch.Generator) -> GuidanceOutput:
-        outs = [(g.grad(images, cameras, progress, generator), w) for g, w in self.parts]
+             generator: torch.Generator, backgrounds: torch.Tensor | None = None) -> GuidanceOutput:
+        outs = [(g.grad(images, cameras, progress, generator, backgrounds=backgrounds), w) for g, w in self.parts]
         grad = sum(w * o.grad.to(images.device) for o, w in outs)
         return GuidanceOutput(grad=grad, loss=sum(w * o.loss for o, w in outs), t=outs[0][0].t)

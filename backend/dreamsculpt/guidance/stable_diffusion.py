@@ -23,7 +23,13 @@ from ..cameras import Cameras
 from ..config import DEFAULT_SD_MODEL, GuidanceConfig
 from ..devices import resolve_device, resolve_dtype
 from ..errors import DreamsculptError
-from .base import VIEW_NAMES, GuidanceOutput, TimestepSchedule, view_weights
+from .base import (
+    VIEW_NAMES,
+    GuidanceOutput,
+    TimestepSchedule,
+    chosen_background,
+    view_weights,
+)
 from .hub import (
     SINGLE_FILE_SUFFIXES,
     first_line,
@@ -160,9 +166,8 @@ def _freeze(unet, vae, text_encoder, tokenizer, scheduler, device: torch.device,
 
 
 class StableDiffusionGuidance:
-    """Latent SDS with classifier-free guidance and view-dependent prompts."""
-
-    background = "learned"
+    """Latent SDS with classifier-free guidance and view-dependent prompts. A natural-image
+    model: any background colour is fine, so `backgrounds` is not needed in `grad`."""
 
     def __init__(self, config: GuidanceConfig, device: torch.device | None = None,
                  components: SDComponents | None = None):
@@ -175,6 +180,7 @@ class StableDiffusionGuidance:
             components = load_sd_components(config.model, device, dtype)
         self.parts = components
         self.device = components.alphas_cumprod.device
+        self.background = chosen_background(config.background, "learned")
         self.scale = (DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None
                       else config.guidance_scale)
         self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
@@ -233,7 +239,7 @@ class StableDiffusionGuidance:
         return pred
 
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
-             generator: torch.Generator) -> GuidanceOutput:
+             generator: torch.Generator, backgrounds: torch.Tensor | None = None) -> GuidanceOutput:
         """images: [B, 3, H, W] renders in [0, 1]. Returns d(SDS loss)/d(images), [B, 3, H, W].
 
         The SDS gradient does not flow through the UNet: g = w(t) (eps_cfg - eps) is taken

@@ -35,7 +35,7 @@ from ..cameras import Cameras, angle_between_views
 from ..config import GuidanceConfig
 from ..devices import resolve_device, resolve_dtype
 from ..errors import CancelledError
-from .base import GuidanceOutput, TimestepSchedule
+from .base import GuidanceOutput, TimestepSchedule, chosen_background
 from .zero123_parts import VARIANTS, Zero123Components, resize_square, resolve_variant
 
 DEFAULT_GUIDANCE_SCALE = 3.0   # zero123's sampling default; SDS setups use 3-5
@@ -99,8 +99,6 @@ class Zero123Guidance:
     """Latent SDS with Zero123: renders from novel cameras are scored against the reference
     image, conditioned on each camera relative to the reference camera."""
 
-    background = "white"
-
     def __init__(self, config: GuidanceConfig, components: Zero123Components | None,
                  reference_rgb: torch.Tensor, reference_camera: Cameras):
         """reference_rgb: [3, S, S] in [0, 1] composited over white; reference_camera: the
@@ -118,6 +116,7 @@ class Zero123Guidance:
         self.device = components.device
         self.variant = (components.variant if config.zero123_variant == "auto"
                         else resolve_variant(components.source, config.zero123_variant))
+        self.background = chosen_background(config.background, "white")
         self.scale = DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None else config.guidance_scale
         self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
         self.reference_camera = reference_camera.to("cpu")
@@ -129,8 +128,9 @@ class Zero123Guidance:
                 f"{dtype}, {self.device}), guidance scale {self.scale:g}")
 
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
-             generator: torch.Generator) -> GuidanceOutput:
-        """images: [B, 3, H, W] renders in [0, 1] over white, seen from `cameras`. Returns
+             generator: torch.Generator, backgrounds: torch.Tensor | None = None) -> GuidanceOutput:
+        """images: [B, 3, H, W] renders in [0, 1] over white (`backgrounds` is not used: the
+        reference picture is over white), seen from `cameras`. Returns
         d(SDS loss)/d(images), [B, 3, H, W]: w(t) (eps_cfg - eps), w = 1 - alpha_bar, taken
         as d(loss)/d(latents) and pulled back through the VAE encoder and the resize."""
         parts = self.parts

@@ -91,25 +91,29 @@ def best_fit(view: PictureView) -> ShapeFit:
     return best
 
 
-def render_fit(fit: ShapeFit, cameras: Cameras, resolution: int) -> torch.Tensor:
-    """[B, 3, S, S] renders over white of the fitted shape with its albedo."""
+def render_fit(fit: ShapeFit, cameras: Cameras, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, 3, S, S] renders over white of the fitted shape with its albedo, [B, 1, S, S] its
+    coverage)."""
     render = render_shape(fit.shape, cameras, resolution, scale=fit.scale, offset=fit.offset)
     albedo = torch.tensor(fit.albedo).reshape(1, 3, 1, 1)
-    return (albedo * render.shaded[:, None] + (1.0 - render.coverage[:, None])).clamp(0, 1)
+    return render.colourise(albedo), render.coverage[:, None]
 
 
 def conditioned_set(view: PictureView, fit: ShapeFit, resolution: int,
                     cameras: Cameras | None = None) -> ImageSet:
     """The fitted shape from `cameras` (default: the 72 standard views at the reference's
-    distance and field of view) plus the reference itself at its pose."""
+    distance and field of view) plus the reference itself at its pose, with their masks (the
+    fitted shape's coverage, the picture's mask)."""
     if cameras is None:
         az, el = torch.meshgrid(torch.tensor(LIBRARY_AZIMUTHS_DEG, dtype=torch.float32),
                                 torch.tensor(LIBRARY_ELEVATIONS_DEG, dtype=torch.float32), indexing="xy")
         cameras = Cameras.from_orbit(az.reshape(-1), el.reshape(-1), view.camera.distance, view.camera.fov_deg)
-    images = torch.cat([render_fit(fit, cameras, resolution), view.resized(resolution)[0][None]])
+    rendered, coverage = render_fit(fit, cameras, resolution)
+    rgb, mask = view.resized(resolution)
     cat = lambda a, b: torch.cat([a, b])  # noqa: E731
     ref = view.camera
-    return ImageSet(images, ["reference"] * len(images), cat(cameras.azimuth_deg, ref.azimuth_deg),
-                    cat(cameras.elevation_deg, ref.elevation_deg), cat(cameras.distance, ref.distance),
-                    cat(cameras.fov_deg, ref.fov_deg))
+    return ImageSet(cat(rendered, rgb[None]), ["reference"] * (len(rendered) + 1),
+                    cat(cameras.azimuth_deg, ref.azimuth_deg), cat(cameras.elevation_deg, ref.elevation_deg),
+                    cat(cameras.distance, ref.distance), cat(cameras.fov_deg, ref.fov_deg),
+                    cat(coverage, mask[None]))
 

@@ -42,7 +42,8 @@ def library_cameras() -> Cameras:
 
 def builtin_library(resolution: int, labels: Collection[str] | None = None) -> ImageSet:
     """Every shape x colour x reference view: images [N, 3, resolution, resolution] over white,
-    labels like "red cube", poses filled. Ordered by shape, then colour, then view.
+    labels like "red cube", poses and masks (the coverage) filled. Ordered by shape, then
+    colour, then view.
 
     `labels` (e.g. from `match_prompt`) keeps only those sets; the geometry is still cached
     for all shapes. Geometry is rendered once per resolution and cached on disk (see
@@ -57,6 +58,7 @@ def builtin_library(resolution: int, labels: Collection[str] | None = None) -> I
     with one_thread():
         coverage, shaded = _library_geometry(resolution)       # [S, V, H, W] each
         images = torch.empty(total, count, 3, resolution, resolution)   # filled in place: no 2x peak
+        masks = torch.empty(total, count, 1, resolution, resolution)
         names, k = [], 0
         for s, colours in enumerate(wanted):
             if colours:
@@ -65,12 +67,13 @@ def builtin_library(resolution: int, labels: Collection[str] | None = None) -> I
                 albedo = torch.tensor([COLOURS[c] for c in colours])[:, None, :, None, None]
                 torch.addcmul((1 - coverage[s])[None, :, None], albedo, shaded[s][None, :, None],
                               out=images[k:k + len(colours)])
+                masks[k:k + len(colours)] = coverage[s][None, :, None]
                 names += [f"{c} {SHAPES[s]}" for c in colours for _ in range(count)]
                 k += len(colours)
     views = library_cameras()
     tile = lambda t: t.repeat(total)  # noqa: E731
     return ImageSet(images.flatten(0, 1), names, tile(views.azimuth_deg), tile(views.elevation_deg),
-                    tile(views.distance), tile(views.fov_deg))
+                    tile(views.distance), tile(views.fov_deg), masks.flatten(0, 1))
 
 
 def cache_dir() -> Path:
