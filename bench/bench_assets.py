@@ -60,8 +60,8 @@ def asset_seconds(field: TriplaneField, config: RunConfig, preset: str, out: Pat
     started = time.perf_counter()
     dense, _ = extract_surface(field, mesh)
     meshed = time.perf_counter() - started
-    albedo, normals = field_functions(field)
-    asset = make_asset(dense, albedo, mesh, normals)
+    colour, normals = field_functions(field)
+    asset = make_asset(dense, colour, mesh, normals)
     export_asset(asset, out)
     s = asset.seconds
     return {"preset": preset + (" + normal map" if normal_map else ""), "dense": len(dense.faces),
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             field, config, seconds = trained_field(shape, args.steps, out_root / shape)
             fields[shape] = (field, config)
             dense, _ = extract_surface(field, config.mesh)
-            albedo, normals = field_functions(field)
-            asset = make_asset(dense, albedo, config.mesh, normals)
+            colour, normals = field_functions(field)
+            asset = make_asset(dense, colour, config.mesh, normals)
             whole, surface = texture_fidelity(field, asset)
             iou = voxel_iou(asset.surface.to_trimesh().apply_translation(asset.transform.anchor),
                             lambda p: shape_occupancy(shape, p))

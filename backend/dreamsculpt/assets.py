@@ -22,6 +22,7 @@ from .errors import DreamsculptError
 from .mesh import Surface, decimate
 from .texture import (
     PointFunction,
+    SurfaceFunction,
     TexelSamples,
     UVLayout,
     bake,
@@ -88,10 +89,11 @@ class Asset:
         return [round(float(s), 6) for s in v.max(0) - v.min(0)]
 
 
-def make_asset(dense: Surface, albedo: PointFunction, config: MeshConfig, detail_normals: PointFunction | None = None,
-               on_stage: Callable[[str], None] | None = None) -> Asset:
+def make_asset(dense: Surface, colour: SurfaceFunction, config: MeshConfig,
+               detail_normals: PointFunction | None = None, on_stage: Callable[[str], None] | None = None) -> Asset:
     """`dense` (closed, in the field's frame) made an asset: see the module docstring.
-    `albedo` colours surface points; `detail_normals` gives the dense surface's normal at a
+    `colour` gives the albedo a viewer sees at surface points (with their normals);
+    `detail_normals` gives the dense surface's normal at a
     point (needed for config.normal_map); `on_stage(name)` is told when each step starts."""
     seconds: dict[str, float] = {}
     with _step(seconds, "decimate", "decimating", on_stage):
@@ -101,8 +103,8 @@ def make_asset(dense: Surface, albedo: PointFunction, config: MeshConfig, detail
         layout = unwrap(light, config.texture_size)
     with _step(seconds, "bake", "baking", on_stage):
         samples = TexelSamples.of(layout)
-        texture = bake(layout, light.vertices, albedo, samples)
-        colours = np.asarray(albedo(light.vertices), dtype=np.float32)
+        texture = bake(layout, light.vertices, normals, colour, samples)
+        colours = np.asarray(colour(light.vertices, normals), dtype=np.float32)
         normal_map = None
         if config.normal_map:
             if detail_normals is None:

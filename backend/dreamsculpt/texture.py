@@ -25,6 +25,8 @@ CHART_PADDING = 4
 
 #: A function from surface points [P, 3] (the field's frame) to values [P, C].
 PointFunction = Callable[[np.ndarray], np.ndarray]
+#: A function from surface points [P, 3] and their unit outward normals [P, 3] to values [P, C].
+SurfaceFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -84,13 +86,15 @@ def pad_seams(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
     return image[rows, cols]
 
 
-def bake(layout: UVLayout, vertices: np.ndarray, function: PointFunction,
+def bake(layout: UVLayout, vertices: np.ndarray, normals: np.ndarray, function: SurfaceFunction,
          samples: TexelSamples | None = None) -> np.ndarray:
     """The [size, size, C] texture of `function` evaluated at the surface point behind each
-    texel (vertices: the surface's [V, 3]), seams padded."""
+    texel and its interpolated normal (vertices, normals: the surface's [V, 3]), seams padded."""
     samples = samples or TexelSamples.of(layout)
-    points = samples.interpolate(vertices[layout.vertex_of][layout.faces])
-    values = np.asarray(function(points.astype(np.float32)), dtype=np.float32)
+    corners = layout.vertex_of[layout.faces]
+    points = samples.interpolate(vertices[corners]).astype(np.float32)
+    values = np.asarray(function(points, _unit(samples.interpolate(normals[corners])).astype(np.float32)),
+                        dtype=np.float32)
     image = np.zeros((layout.size, layout.size, values.shape[-1]), np.float32)
     image[samples.rows, samples.cols] = values
     covered = np.zeros((layout.size, layout.size), bool)

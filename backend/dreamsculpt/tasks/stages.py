@@ -60,8 +60,8 @@ def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool
 
     stage("meshing")
     dense, threshold = extract_surface(field, config.mesh, trainer.occupancy)
-    albedo, normals = field_functions(field)
-    asset = make_asset(dense, albedo, config.mesh, normals, stage)
+    colour, normals = field_functions(field)
+    asset = make_asset(dense, colour, config.mesh, normals, stage)
     stage("saving")
     export_asset(asset, out_dir, obj=config.mesh.export_obj)
     save_preview(trainer, out_dir / "preview.png")
@@ -76,20 +76,23 @@ def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool
 
 
 def field_functions(field):
-    """(albedo, outward normal) of `field` as functions of numpy points [P, 3] -> [P, 3]."""
+    """(the albedo seen at surface points with normals, the outward normal at points) of
+    `field`, as functions of numpy arrays [P, 3] -> [P, 3] (what assets.make_asset takes)."""
+    import numpy as np
     import torch
 
     device = field.planes.device
 
-    def albedo(points: np.ndarray) -> np.ndarray:
-        return field.albedo_at(torch.from_numpy(points).to(device)).cpu().numpy()
+    def colour(points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
+        return field.seen_albedo(tensor(points), tensor(normals)).cpu().numpy()
 
     @torch.no_grad()
     def normals(points: np.ndarray) -> np.ndarray:
         chunks = torch.from_numpy(points).to(device).split(1 << 16)
         return torch.cat([field.normals(c) for c in chunks]).cpu().numpy()
 
-    return albedo, normals
+    return colour, normals
 
 
 def placement(view, transform=None) -> Placement:
