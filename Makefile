@@ -38,3 +38,5 @@ bench: venv
 	$(VENV)/bin/python bench/bench_addon.py
 	$(VENV)/bin/python bench/bench_image.py
 	$(VENV)/bin/python bench/bench_zero123.py
+	$(VENV)/bin/python bench/bench_assets.py
+	$(VENV)/bin/python bench/bench_backgrounds.py
