@@ -72,9 +72,10 @@ def run_shape(shape: str, args: argparse.Namespace, out_root: Path) -> dict:
         return {"shape": shape, "steps": config.train.steps, "seconds": round(time.perf_counter() - started, 1),
                 "iou": 0.0, "error": str(exc), "out_dir": str(out_dir)}
     mesh = trimesh.load(out_dir / "mesh.ply", process=False)
+    run = json.loads((out_dir / "run.json").read_text())
+    mesh.apply_translation(run["anchor"])      # from the asset's origin back to the field's frame
     iou = voxel_iou(mesh, lambda p: shape_occupancy(shape, p), resolution=64)
     colour = np.asarray(mesh.vertex_attributes["color"][:, :3], dtype=np.float64).mean(0) / 255.0
-    run = json.loads((out_dir / "run.json").read_text())
     steps = config.train.steps
     return {
         "shape": shape, "steps": steps, "render_px": config.render.resolution,

@@ -157,7 +157,7 @@ def test_image_to_3d_with_a_blender_camera(workspace, tmp_path, capsys):
                      "--resolution", "32", "--mesh-resolution", "64", "--threshold", "1", "--out", str(out),
                      "--quiet"]) == 0
     line = capsys.readouterr().out.strip()
-    match = re.fullmatch(rf"wrote {out}/mesh\.ply \((\d+) vertices, (\d+) faces\) in \d+ s", line)
+    match = re.fullmatch(rf"wrote {out}/mesh\.glb \((\d+) vertices, (\d+) faces, 512² texture\) in \d+ s", line)
     assert match, line
     mesh = trimesh.load(out / "mesh.ply", process=False)
     assert len(mesh.faces) == int(match.group(2)) > 100

@@ -67,6 +67,7 @@ def measure(out: Path, shape: str, run: dict) -> tuple[float, np.ndarray]:
     mesh.merge_vertices(merge_tex=True, merge_norm=True)   # trimesh splits vertices at UV seams
     assert len(mesh.vertices) == run["vertices"] and len(mesh.faces) == run["faces"]
     assert mesh.is_watertight and run["watertight"]
+    mesh.apply_translation(run["anchor"])      # from the asset's origin back to the field's frame
     iou = voxel_iou(mesh, lambda p: shape_occupancy(shape, p))
     colour = np.asarray(mesh.vertex_attributes["color"])[:, :3].mean(0) / 255.0
     print(f"{out.name}: IoU {iou:.3f}, mean colour {np.round(colour, 3).tolist()}, "

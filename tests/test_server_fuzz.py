@@ -42,8 +42,9 @@ pytestmark = pytest.mark.slow   # a real server process, fuzzed
 #: distinct requests than this; Hypothesis stops when it has tried them all.
 MAX_EXAMPLES = 50
 
-DOWNLOADS = ("preview.png", "result.ply", "result.glb", "result.obj", "views.png", "turntable.gif", "run.json",
-             "input.png", "reference.png", "views.json", "novel_views.png", "view_{index}.png")
+DOWNLOADS = ("preview.png", "result.ply", "result.glb", "result.obj", "result.mtl", "texture.png", "normal.png",
+             "views.png", "turntable.gif", "run.json", "input.png", "reference.png", "views.json", "novel_views.png",
+             "view_{index}.png")
 OPERATIONS = {"GET /health", "GET /jobs", "POST /jobs", "GET /jobs/{job_id}", "DELETE /jobs/{job_id}",
               "POST /jobs/{job_id}/cancel", "POST /models/release", "POST /images"} | {
     f"GET /jobs/{{job_id}}/{name}" for name in DOWNLOADS}

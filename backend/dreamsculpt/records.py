@@ -37,7 +37,9 @@ class MeshOutputs:
     normal_map: str | None = None      # "normal.png" when baked
     size: list[float] = field(default_factory=list)   # the bounding box along x, y, z (metres when sized)
     origin: str = "center"
-    scale: float = 1.0      # asset units per field unit
+    scale: float = 1.0      # asset units per field unit ...
+    anchor: list[float] = field(default_factory=list)   # ... and the field point made the origin:
+    # asset = scale * (field - anchor)
     asset_seconds: dict[str, float] = field(default_factory=dict)   # decimate, unwrap, bake, export
 
     def summary(self, out_dir: Path, seconds: float) -> str:

@@ -71,7 +71,8 @@ def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool
         steps=trainer.step_index, vertices=len(asset.surface.vertices), faces=len(asset.surface.faces),
         threshold=threshold, dense_faces=len(dense.faces), watertight=asset.surface.is_watertight(),
         texture=TEXTURE, texture_size=m.texture_size, normal_map=NORMAL_MAP if m.normal_map else None,
-        size=asset.extent, origin=m.origin, scale=asset.transform.scale, asset_seconds=asset.seconds)
+        size=asset.extent, origin=m.origin, scale=asset.transform.scale,
+        anchor=list(asset.transform.anchor), asset_seconds=asset.seconds)
     return outputs, asset.transform
 
 
