@@ -11,6 +11,7 @@ from dreamsculpt.assets import fit_transform, make_asset
 from dreamsculpt.config import MeshConfig
 from dreamsculpt.export import export_asset
 from dreamsculpt.mesh import Surface, decimate, extract_surface
+from dreamsculpt.raster import cover
 from dreamsculpt.tasks.stages import field_functions
 from dreamsculpt.texture import (
     TexelSamples,
@@ -227,3 +228,13 @@ def test_the_texture_shows_what_the_field_shows(shape):
     print(f"{shape}: texture PSNR {surface:.1f} dB on the surface, {whole:.1f} dB over whole views")
     assert surface >= 28.0 and whole >= 22.0
     assert asset.surface.is_watertight() and len(asset.surface.faces) <= 10_000
+
+
+def test_triangles_of_every_size_are_covered():
+    # Bounding boxes of 1 to 100 pixels (every power-of-two group, and sizes between): each
+    # right triangle covers the centres on or below its diagonal.
+    for side in (1, 3, 8, 18, 33, 100):
+        xy = np.array([[[0, 0], [side, 0], [0, side]]], dtype=np.float64) + 0.01
+        found = cover(xy, 128)
+        expected = sum(1 for i in range(side) for j in range(side) if (i + 0.5) + (j + 0.5) <= side + 0.02)
+        assert len(found.rows) == expected, side

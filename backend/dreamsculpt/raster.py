@@ -55,11 +55,13 @@ def cover(xy: np.ndarray, size: int, *, conservative: bool = False, depth: np.nd
     if depth is not None:
         usable &= (depth > 1e-6).all(1)
     found: list[tuple[np.ndarray, ...]] = []
-    side = 1
-    while side <= max(int(extent[usable].max(initial=1)), 1):
+    largest, side = int(extent[usable].max(initial=1)), 1
+    while True:   # boxes of 1, 2, 4 ... pixels, up to the largest
         group = np.nonzero(usable & (extent <= side) & (extent > side // 2))[0]
         if len(group):
             found.append(_pixels_in(group, xy[group], area[group], lo[group], side, size, conservative))
+        if side >= largest:
+            break
         side *= 2
     if not found:
         empty = np.zeros(0, np.int64)
