@@ -275,3 +275,22 @@ def test_a_ring_on_a_plain_white_background_keeps_its_hole(tmp_path):
     assert hole_vertices(mesh) == 0, "a surface closes the ring's hole"
     assert iou >= 0.8
     assert mesh.is_watertight
+
+
+def test_zero123_refuses_a_random_background_in_the_cli_and_the_server(tmp_path):
+    from dreamsculpt import cli
+    from dreamsculpt.errors import DreamsculptError
+    from dreamsculpt.requests import ImageTo3DRequest
+    from pydantic import ValidationError
+
+    picture = tmp_path / "shot.png"
+    Image.new("RGBA", (32, 32), (200, 20, 20, 255)).save(picture)
+    parser = cli.build_parser()
+    args = parser.parse_args(["image-to-3d", str(picture), "--background", "random"])
+    with pytest.raises(DreamsculptError, match=r"^--prior: Zero-1-to-3 sees objects over white.*auto or white"):
+        cli.request_from_args(args, parser)
+    with pytest.raises(ValidationError, match="white haze"):
+        ImageTo3DRequest(kind="image_to_3d", image="0" * 64, background="random")
+    for fine in ("auto", "white"):
+        assert ImageTo3DRequest(kind="image_to_3d", image="0" * 64, background=fine).background == fine
+    assert ImageTo3DRequest(kind="image_to_3d", image="0" * 64, prior="builtin", background="random")

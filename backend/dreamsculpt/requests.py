@@ -209,7 +209,7 @@ class _FromImage(_Run):
     azimuth_deg: float = Field(-90.0, ge=-360, le=360, description="Without a camera: the view's azimuth "
                                                                    "(-90: the front, Blender's -Y).")
     fov_deg: float = Field(40.0, gt=1, lt=170, description="Without a camera: the view's field of view.")
-    prior: Literal[IMAGE_PRIORS] = Field("zero123", description="zero123: the Zero-1-to-3 model; builtin: the "
+    prior: Literal[IMAGE_PRIORS] = Field("zero123", validate_default=True, description="zero123: the Zero-1-to-3 model; builtin: the "
                                                                 "offline shapes, view-conditioned.")
     model: ModelName = Field(DEFAULT_ZERO123_MODEL, description="Zero123 model: hub id, diffusers folder or one "
                                                                 "file on the server's disk.")
@@ -233,6 +233,16 @@ class ImageTo3DRequest(_FromImage, _Optimised):
     prompt: Prompt = Field("", description="Optional text for text SDS as well (Magic123-style).")
     text_weight: float = Field(0.0, ge=0, le=100, description="Weight of the text SDS; > 0 needs a prompt.")
     text_model: ModelName = Field(DEFAULT_SD_MODEL, description="Stable Diffusion model of the text SDS.")
+
+    @field_validator("prior")
+    @classmethod
+    def _white_for_zero123(cls, value: str, info: ValidationInfo) -> str:
+        # Zero123 predicts views over white: random colours behind the renders would have it
+        # paint the object's see-through parts white (haze), never remove them.
+        if value == "zero123" and info.data.get("background") == "random":
+            raise ValueError("Zero-1-to-3 sees objects over white, so a random training background would "
+                             "teach the field white haze: use background auto or white with this prior")
+        return value
 
     @field_validator("text_weight")
     @classmethod
