@@ -10,7 +10,7 @@ import trimesh
 from dreamsculpt.config import FieldConfig, MeshConfig
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.fields import TriplaneField
-from dreamsculpt.mesh import Surface, decimate, extract_mesh, extract_surface, unpinch
+from dreamsculpt.mesh import Surface, decimate, extract_surface, unpinch
 from dreamsculpt.metrics import voxel_iou
 from dreamsculpt.shapes.geometry import shape_occupancy
 
@@ -37,7 +37,7 @@ class AnalyticField(TriplaneField):
 
 
 def test_explicit_threshold_gives_the_sphere():
-    mesh, threshold = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    mesh, threshold = extract_surface(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
     assert threshold == PEAK / 2
     distance = np.linalg.norm(mesh.vertices, axis=1)
     # The level set density = PEAK / 2 is |x| = RADIUS exactly.
@@ -48,30 +48,32 @@ def test_explicit_threshold_gives_the_sphere():
 
 
 def test_surface_is_not_biased_outwards():
-    mesh, _ = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    mesh, _ = extract_surface(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
     # Marching cubes on the raw grid gives a mean radius of 0.6000 and a volume of 0.9034 (the
     # ball's 4/3 pi 0.6^3 = 0.9048, less the chords' shortfall): allow a tenth of that bias.
     assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, abs=0.001)
     assert mesh.to_trimesh().volume == pytest.approx(4 / 3 * np.pi * RADIUS ** 3, rel=0.005)
 
 
-def test_vertex_colours_are_the_fields_albedo_at_the_vertices():
-    mesh, _ = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
-    v = mesh.vertices
-    expected = np.stack([(v[:, 0] + 1) / 2, (v[:, 1] + 1) / 2, np.full(len(v), 0.25)], 1)
-    assert mesh.colours.shape == v.shape and mesh.colours.dtype == np.float32
-    assert np.allclose(mesh.colours, expected, atol=1e-5)
+def test_seen_albedo_is_the_albedo_at_a_sharp_surface():
+    # A sharp shell (the ramp is 0.04 wide): what a viewer sees at a surface point is the
+    # albedo there, whichever way the field's albedo varies along the surface.
+    surface, _ = extract_surface(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    v = torch.from_numpy(surface.vertices)
+    seen = AnalyticField().seen_albedo(v, torch.from_numpy(surface.vertex_normals())).numpy()
+    expected = np.stack([(v[:, 0] + 1) / 2, (v[:, 1] + 1) / 2, torch.full((len(v),), 0.25)], 1)
+    assert seen.shape == v.shape and np.abs(seen - expected).max() < 0.02
 
 
 def test_automatic_threshold_finds_the_surface_the_renders_show():
-    mesh, threshold = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=None))
+    mesh, threshold = extract_surface(AnalyticField(), MeshConfig(resolution=64, threshold=None))
     assert 0 < threshold < PEAK
     assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, rel=0.05)
 
 
 def test_automatic_threshold_does_not_depend_on_the_density_scale():
     # Ten times denser, the same silhouette: the surface found stays at the radius.
-    mesh, _ = extract_mesh(AnalyticField(peak=10 * PEAK), MeshConfig(resolution=64))
+    mesh, _ = extract_surface(AnalyticField(peak=10 * PEAK), MeshConfig(resolution=64))
     assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, rel=0.05)
 
 
@@ -82,7 +84,7 @@ def test_floaters_are_removed():
             speck = (points - torch.tensor([0.85, 0.85, 0.85])).norm(dim=-1) < 0.06
             return torch.where(speck, torch.full_like(density, PEAK), density), albedo
 
-    mesh, _ = extract_mesh(WithFloater(), MeshConfig(resolution=64, threshold=PEAK / 2))
+    mesh, _ = extract_surface(WithFloater(), MeshConfig(resolution=64, threshold=PEAK / 2))
     # One piece, all of it on the sphere (the speck is 0.85 sqrt(3) = 1.47 from the origin).
     assert len(mesh.to_trimesh().split(only_watertight=False)) == 1
     assert np.linalg.norm(mesh.vertices, axis=1).max() < RADIUS * 1.05
@@ -91,14 +93,14 @@ def test_floaters_are_removed():
 def test_empty_field_says_what_to_try():
     empty = AnalyticField(peak=0.0)
     with pytest.raises(DreamsculptError, match="Try") as error:
-        extract_mesh(empty, MeshConfig(resolution=32, threshold=None))
+        extract_surface(empty, MeshConfig(resolution=32, threshold=None))
     assert "--steps" in str(error.value) and "--seed" in str(error.value)
     with pytest.raises(DreamsculptError, match="Try a lower --threshold"):
-        extract_mesh(empty, MeshConfig(resolution=32, threshold=1.0))
+        extract_surface(empty, MeshConfig(resolution=32, threshold=1.0))
 
 
 def test_max_faces_decimates():
-    mesh, _ = extract_mesh(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2, max_faces=2000))
+    mesh = decimate(extract_surface(AnalyticField(), MeshConfig(resolution=64, threshold=PEAK / 2))[0], 2000)
     assert len(mesh.faces) <= 2000
     assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(RADIUS, rel=0.03)
 

@@ -52,9 +52,8 @@ def export_asset(asset: Asset, out_dir: Path, obj: bool = False) -> list[Path]:
 def uv_mesh(asset: Asset) -> trimesh.Trimesh:
     """The asset as one trimesh with a vertex per UV vertex (seams split), its normals cached."""
     layout = asset.layout
-    mesh = trimesh.Trimesh(asset.surface.vertices[layout.vertex_of], layout.faces, process=False,
+    return trimesh.Trimesh(asset.surface.vertices[layout.vertex_of], layout.faces, process=False,
                            vertex_normals=asset.normals[layout.vertex_of])
-    return mesh
 
 
 def write_glb(asset: Asset, texture: Image.Image, normal_map: Image.Image | None, path: Path) -> Path:

@@ -65,21 +65,6 @@ class Surface:
         return np.asarray(self.to_trimesh().vertex_normals, dtype=np.float32)
 
 
-@dataclass
-class Mesh:
-    """vertices: [V, 3] float32 world (Z up, inside [-1, 1]^3); faces: [F, 3] int64;
-    colours: [V, 3] float32 albedo in [0, 1]."""
-
-    vertices: np.ndarray
-    faces: np.ndarray
-    colours: np.ndarray
-
-    def to_trimesh(self) -> trimesh.Trimesh:
-        rgba = np.concatenate([self.colours, np.ones_like(self.colours[:, :1])], 1)
-        return trimesh.Trimesh(self.vertices, self.faces, vertex_colors=(rgba * 255).round().astype(np.uint8),
-                               process=False)
-
-
 def _silhouette_views() -> Cameras:
     az = torch.tensor([0.0, 90.0, 180.0, 270.0, 45.0, 225.0, 135.0, 315.0])
     el = torch.tensor([15.0, 15.0, 15.0, 15.0, 60.0, 60.0, -35.0, -35.0])
@@ -220,16 +205,6 @@ def _split_fans(vertices: np.ndarray, faces: np.ndarray, shifted: set[int]) -> t
     new_vertices = np.zeros((copies, 3), vertices.dtype)
     new_vertices[label] = vertices[start]
     return new_vertices, label.reshape(-1, 3).astype(np.int64)
-
-
-@torch.no_grad()
-def extract_mesh(field: TriplaneField, config: MeshConfig, occupancy: OccupancyGrid | None = None) -> tuple[Mesh, float]:
-    """The surface decimated to `config.max_faces`, coloured with the field's albedo at its
-    vertices. Returns (mesh, threshold used)."""
-    dense, threshold = extract_surface(field, config, occupancy)
-    light = decimate(dense, config.max_faces)
-    colours = field.albedo_at(torch.from_numpy(light.vertices).to(field.planes.device)).cpu().numpy()
-    return Mesh(light.vertices, light.faces, colours.astype(np.float32)), threshold
 
 
 def clean_solid(grid: np.ndarray, threshold: float, min_fraction: float) -> np.ndarray:

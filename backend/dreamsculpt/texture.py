@@ -49,11 +49,6 @@ class UVLayout:
     uvs: np.ndarray
     size: int
 
-    @property
-    def charts_utilisation(self) -> float:
-        """Share of the texture's texels inside some chart."""
-        return float(TexelSamples.of(self).face.size) / self.size ** 2
-
 
 def unwrap(surface: Surface, size: int) -> UVLayout:
     """Cut `surface` into charts and pack them for a `size`-texel texture (xatlas)."""
