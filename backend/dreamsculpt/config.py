@@ -104,6 +104,23 @@ class TrainConfig:
     preview_budget: float = 0.05     # largest share of the run's time that previews may take
 
 
+@dataclass
+class RefineConfig:
+    """Coarse -> fine (Magic3D): the coarse field's surface as a DMTet on a tetrahedral grid,
+    rendered by the triangle rasterizer at a higher resolution and optimised with the same
+    guidance (see refine.py)."""
+
+    steps: int = 0                  # 0: no refinement
+    grid_resolution: int = 64       # DMTet cubes per axis over [-bound, bound]
+    band: int = 3                   # cells either side of the coarse surface the tet grid keeps
+    resolution: int | None = None   # render size; None: twice the coarse render's
+    lr_sdf: float = 2e-3            # world units per step (Adam), for the signed distances ...
+    lr_deform: float = 1e-3         # ... and the vertex offsets
+    lr_texture: float = 5e-3        # the coarse field's planes and MLP (the albedo)
+    lambda_normal: float = 0.1      # normal consistency across edges
+    lambda_laplacian: float = 0.1   # uniform Laplacian of the vertices (per cell^2)
+
+
 #: Where the exported mesh's origin goes: its bounding box's centre, or the centre of its bottom.
 ORIGINS = ("center", "bottom")
 
@@ -154,6 +171,7 @@ class RunConfig:
     shading: ShadingConfig = _field(default_factory=ShadingConfig)
     train: TrainConfig = _field(default_factory=TrainConfig)
     mesh: MeshConfig = _field(default_factory=MeshConfig)
+    refine: RefineConfig = _field(default_factory=RefineConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,14 +196,16 @@ def _build(cls, data: dict):
     return cls(**kwargs)
 
 
-#: name -> render resolution, steps, mesh resolution, face budget and texture size. The face
+#: name -> render resolution, steps, mesh resolution, face budget, texture size and refinement
+#: steps. The face
 #: budget bounds the UV unwrap's time (xatlas: 6.4 s for 50k faces, 93 s for 200k on 2 cores).
 PRESETS: dict[str, dict] = {
-    "preview": {"resolution": 32, "steps": 600, "mesh_resolution": 128, "max_faces": 10_000, "texture_size": 512},
+    "preview": {"resolution": 32, "steps": 600, "mesh_resolution": 128, "max_faces": 10_000, "texture_size": 512,
+                "refine": 0},
     "standard": {"resolution": 64, "steps": 1500, "mesh_resolution": 256, "max_faces": 50_000,
-                 "texture_size": 1024},
+                 "texture_size": 1024, "refine": 0},
     "high": {"resolution": 128, "steps": 4000, "mesh_resolution": 384, "max_faces": 100_000,
-             "texture_size": 2048},
+             "texture_size": 2048, "refine": 1000},
 }
 
 
@@ -196,12 +216,14 @@ def apply_preset(config: RunConfig, name: str) -> RunConfig:
     config.mesh.resolution = preset["mesh_resolution"]
     config.mesh.max_faces = preset["max_faces"]
     config.mesh.texture_size = preset["texture_size"]
+    config.refine.steps = preset["refine"]
     return config
 
 
 #: Accepted ranges (inclusive) of the options the CLI and the job server share.
 LIMITS: dict[str, tuple[int, int]] = {
     "steps": (1, 100_000),
+    "refine": (0, 100_000),
     "resolution": (16, 512),
     "mesh_resolution": (32, 1024),
     "max_faces": (4, 5_000_000),
@@ -214,7 +236,7 @@ LIMITS: dict[str, tuple[int, int]] = {
 
 def build_config(prompt: str, *, prior: str = "sd", negative: str = "", model: str = DEFAULT_SD_MODEL,
                  references: str | None = None, preset: str = "standard", seed: int = 0,
-                 steps: int | None = None, guidance_scale: float | None = None,
+                 steps: int | None = None, refine: int | None = None, guidance_scale: float | None = None,
                  resolution: int | None = None, mesh_resolution: int | None = None,
                  threshold: float | None = None, max_faces: int | None = None,
                  texture_size: int | None = None, normal_map: bool = False, size: float | None = None,
@@ -229,6 +251,8 @@ def build_config(prompt: str, *, prior: str = "sd", negative: str = "", model: s
     config.train.seed = seed
     if steps is not None:
         config.train.steps = steps
+    if refine is not None:
+        config.refine.steps = refine
     if resolution is not None:
         config.render.resolution = resolution
     if mesh_resolution is not None:
@@ -247,7 +271,7 @@ def build_image_config(kind: str, image: str, *, prior: str = "zero123", camera:
                        fov_deg: float = 40.0, model: str = DEFAULT_ZERO123_MODEL, variant: str = "auto",
                        prompt: str = "", text_weight: float = 0.0, text_model: str = DEFAULT_SD_MODEL,
                        preset: str = "standard", seed: int = 0, steps: int | None = None,
-                       guidance_scale: float | None = None, resolution: int | None = None,
+                       refine: int | None = None, guidance_scale: float | None = None, resolution: int | None = None,
                        mesh_resolution: int | None = None, threshold: float | None = None,
                        max_faces: int | None = None, obj: bool = False, device: str = "auto",
                        fp16: bool = False, view_count: int = 8,
@@ -257,7 +281,7 @@ def build_image_config(kind: str, image: str, *, prior: str = "zero123", camera:
     """The RunConfig of an image_to_3d or novel_views run (CLI flags or a job request). For
     novel_views `steps` is not used: `sample_steps` (default 50) sets the denoising steps."""
     config = build_config(prompt, prior=prior, model=text_model, preset=preset, seed=seed, steps=steps,
-                          guidance_scale=guidance_scale, resolution=resolution,
+                          refine=refine, guidance_scale=guidance_scale, resolution=resolution,
                           mesh_resolution=mesh_resolution, threshold=threshold, max_faces=max_faces,
                           obj=obj, device=device, fp16=fp16, background=background, **asset)
     config.kind = kind

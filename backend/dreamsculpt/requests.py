@@ -142,6 +142,9 @@ class _Optimised(_Run):
     preset: Literal[tuple(PRESETS)] = "standard"  # type: ignore[valid-type]
     steps: int | None = Field(None, ge=LIMITS["steps"][0], le=LIMITS["steps"][1],
                               description="Optimisation steps (default: the preset's).")
+    refine: int | None = Field(None, ge=LIMITS["refine"][0], le=LIMITS["refine"][1],
+                               description="Mesh refinement steps after the field (Magic3D's fine stage; "
+                                           "0: off; default: the preset's, on for high only).")
     resolution: int | None = Field(None, ge=LIMITS["resolution"][0], le=LIMITS["resolution"][1],
                                    description="Render size during optimisation (default: the preset's).")
     mesh: MeshOptions = Field(default_factory=MeshOptions)
@@ -152,7 +155,7 @@ class _Optimised(_Run):
 
     def _optimise_options(self) -> dict:
         m = self.mesh
-        return {"preset": self.preset, "steps": self.steps, "resolution": self.resolution,
+        return {"preset": self.preset, "steps": self.steps, "refine": self.refine, "resolution": self.resolution,
                 "mesh_resolution": m.resolution, "threshold": m.threshold, "max_faces": m.max_faces,
                 "texture_size": m.texture_size, "normal_map": m.normal_map, "size": m.size, "origin": m.origin,
                 "obj": m.obj}
