@@ -66,6 +66,8 @@ def user_errors(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                        ["--steps must be from 1 to 100000 (got 0)"]),
         "tiny resolution": (["a red cube", "--prior", "builtin", "--resolution", "4", *preview],
                             ["--resolution must be from 16 to 512 (got 4)"]),
+        "negative refine": (["a red cube", "--prior", "builtin", "--refine", "-1", *preview],
+                            ["--refine must be from 0 to 100000 (got -1)"]),
     }
 
 
@@ -127,6 +129,24 @@ def test_user_error_is_the_only_line_on_stderr(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_refine_reaches_the_request_and_the_run_config():
+    """--refine STEPS is the request's refine; without it the preset's applies (high: on),
+    and 0 turns it off even on high."""
+    parser = cli.build_parser()
+
+    def request(*options: str):
+        return cli.request_from_args(parser.parse_args(["generate", "a red cube", "--prior", "builtin", *options]),
+                                     parser)
+
+    asked = request("--refine", "250")
+    assert asked.refine == 250 and asked.to_config().refine.steps == 250
+    off = request("--preset", "high", "--refine", "0")
+    assert off.refine == 0 and off.to_config().refine.steps == 0
+    for preset, steps in (("preview", 0), ("standard", 0), ("high", 1000)):
+        default = request("--preset", preset)
+        assert default.refine is None and default.to_config().refine.steps == steps, preset
+
+
 def run_cli(command: list[str], *args: str) -> subprocess.CompletedProcess:
     """Run the CLI as a user does (this session's cache and offline settings are inherited)."""
     return subprocess.run([*command, "generate", *args], capture_output=True, text=True, timeout=300,
@@ -168,5 +188,5 @@ def test_version_and_help():
     assert version.returncode == 0 and version.stdout.startswith("dreamsculpt ")
     helptext = subprocess.run([str(SCRIPT), "generate", "--help"], capture_output=True, text=True, timeout=120)
     assert helptext.returncode == 0
-    for option in ("--prior", "--model", "--references", "--preset", "--steps", "--resume", "--obj"):
+    for option in ("--prior", "--model", "--references", "--preset", "--steps", "--refine", "--resume", "--obj"):
         assert option in helptext.stdout

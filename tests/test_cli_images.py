@@ -86,6 +86,8 @@ CASES = {
                           ["--text-weight", "needs a prompt"]),
     "coarse mesh": (["image-to-3d", "{tmp}/cube/view_000.png", "--mesh-resolution", "8"],
                     ["--mesh-resolution", "32", "got 8"]),
+    "negative refine": (["image-to-3d", "{tmp}/cube/view_000.png", "--refine", "-5"],
+                        ["--refine must be from 0 to 100000 (got -5)"]),
     "nothing to resume": (["image-to-3d", "{tmp}/cube/view_000.png", "--prior", "builtin", "--resume"],
                           ["Nothing to resume", "checkpoint.pt", "without --resume"]),
 }
@@ -109,6 +111,20 @@ def test_user_error_is_one_line(case, workspace, capsys):
     assert not (out / "mesh.ply").exists() and not (out / "views.json").exists()
 
 
+def test_image_to_3d_takes_refine_and_novel_views_does_not(workspace, capsys):
+    """Refinement polishes a mesh: image-to-3d has --refine (the request's refine, else the
+    preset's), novel views make no mesh and refuse it."""
+    parser = cli.build_parser()
+    image = str(workspace / "cube" / "view_000.png")
+    asked = cli.request_from_args(parser.parse_args(["image-to-3d", image, "--refine", "300"]), parser)
+    assert asked.refine == 300 and asked.to_config(image_path=image).refine.steps == 300
+    high = cli.request_from_args(parser.parse_args(["image-to-3d", image, "--preset", "high"]), parser)
+    assert high.refine is None and high.to_config(image_path=image).refine.steps == 1000
+    with pytest.raises(SystemExit) as stopped:
+        parser.parse_args(["novel-views", image, "--refine", "300"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --refine 300" in capsys.readouterr().err
+
+
 @pytest.mark.slow   # each case starts the console script
 @pytest.mark.parametrize("case", ["not an image", "views out of range", "camera NaN"])
 def test_user_error_from_the_console_script(case, workspace):
@@ -124,7 +140,8 @@ def test_user_error_from_the_console_script(case, workspace):
 def test_help_lists_the_options():
     for command, options in [("image-to-3d", ["--camera", "--elevation", "--azimuth", "--fov", "--prior", "--model",
                                               "--variant", "--prompt", "--text-weight", "--text-model", "--preset",
-                                              "--steps", "--mesh-resolution", "--threshold", "--resume", "--obj"]),
+                                              "--steps", "--refine", "--mesh-resolution", "--threshold", "--resume",
+                                              "--obj"]),
                              ("novel-views", ["--camera", "--count", "--views", "--autoregressive", "--neighbours",
                                               "--steps", "--seed", "--fp16", "--device"])]:
         result = subprocess.run([str(SCRIPT), command, "--help"], check=False, capture_output=True, text=True, timeout=120)

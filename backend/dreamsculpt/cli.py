@@ -93,6 +93,9 @@ def _add_mesh_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that optimise a field and mesh it."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     p.add_argument("--steps", type=int, help="optimisation steps (default: from the preset)")
+    p.add_argument("--refine", type=int, metavar="STEPS",
+                   help="mesh refinement steps after the field (0: off; default: from the preset, "
+                        "on for --preset high)")
     p.add_argument("--resolution", type=int, help="render size during optimisation (default: from the preset)")
     p.add_argument("--mesh-resolution", type=int, help="marching-cubes grid size (default: from the preset)")
     p.add_argument("--threshold", type=float, help="density level of the surface (default: automatic)")
