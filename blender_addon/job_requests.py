@@ -6,8 +6,9 @@ The body mirrors the backend's request models (dreamsculpt.requests) part for pa
 is _Run, `_optimised` is _Optimised (with MeshOptions), `_from_image` is _FromImage (with
 CameraSpec), and each kind adds its own fields. A setting at 0 (steps, guidance scale, mesh
 resolution, threshold, face budget, texture size, size) is left out, so the backend's default
-applies; the mesh's origin and normal map are always sent. tests/test_addon_requests.py
-validates every kind's body against its model.
+applies; the mesh's origin and normal map are always sent. Refinement, where 0 steps means off,
+has its own choice: Preset leaves `refine` out, Off sends 0, Custom its steps.
+tests/test_addon_requests.py validates every kind's body against its model.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def _optimised(s) -> dict:
     body = {"preset": s.preset}
     if s.steps:
         body["steps"] = s.steps
+    if s.refine_mode == "OFF":
+        body["refine"] = 0
+    elif s.refine_mode == "CUSTOM":
+        body["refine"] = s.refine_steps
     body["mesh"] = {}
     if s.mesh_resolution:
         body["mesh"]["resolution"] = s.mesh_resolution
@@ -153,6 +158,10 @@ def to_settings(body: dict, s) -> None:
         s.size = mesh.get("size", 0.0)
         s.normal_map, s.origin = mesh.get("normal_map", False), mesh.get("origin", "center")
         s.preset = body.get("preset") or s.preset
+        refine = body.get("refine")
+        s.refine_mode = "PRESET" if refine is None else "OFF" if refine == 0 else "CUSTOM"
+        if refine:
+            s.refine_steps = refine
     if kind == "text_to_3d":
         s.prior = body.get("prior", s.prior)
         s.model = body.get("model") or s.model

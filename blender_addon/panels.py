@@ -157,6 +157,9 @@ class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
         col.prop(s, "steps", text="Denoising Steps" if s.mode == "novel_views" else "Steps")
         col.prop(s, "guidance_scale")
         if s.mode != "novel_views":
+            col.prop(s, "refine_mode")
+            if s.refine_mode == "CUSTOM":
+                col.prop(s, "refine_steps")
             col.prop(s, "mesh_resolution")
             col.prop(s, "threshold")
             col.prop(s, "max_faces")

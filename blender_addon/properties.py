@@ -31,6 +31,10 @@ IMAGE_SOURCES = [("CAMERA", "Active Camera",
 IMAGE_PRIORS = [("zero123", "Zero123", "Zero-1-to-3 novel-view diffusion (a GPU is strongly advised)"),
                 ("builtin", "Built-in shapes", "Offline analytic shapes, view-conditioned")]
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
+#: Refinement has its own choice beside its steps: 0 steps means off, so 0 cannot also mean "the preset's".
+REFINE_MODES = [("PRESET", "Preset", "As the Quality preset: on for High (1000 steps), off for Preview and Standard"),
+                ("OFF", "Off", "No refinement: the mesh is the field's surface"),
+                ("CUSTOM", "Custom", "Refine the mesh for Refine Steps")]
 ORIGINS = [("center", "Center", "The object's origin is the centre of its bounding box"),
            ("bottom", "Bottom", "The object's origin is the centre of its bottom: it stands on the 3D cursor")]
 
@@ -71,6 +75,10 @@ class DreamsculptSettings(bpy.types.PropertyGroup):
                                    "(0: 50)")
     guidance_scale: FloatProperty(name="Guidance Scale", default=0.0, min=0.0, max=1000.0,
                                   description="Classifier-free guidance (0: the prior's default)")
+    refine_mode: EnumProperty(name="Refine Mesh", items=REFINE_MODES, default="PRESET",
+                              description="Refinement of the mesh after the field: as the preset, off, or custom")
+    refine_steps: IntProperty(name="Refine Steps", default=1000, min=0, max=100_000,
+                              description="Mesh refinement steps after the field (Refine Mesh: Custom; 0: off)")
     mesh_resolution: IntProperty(name="Mesh Resolution", default=0, min=0, max=1024,
                                  description="Marching-cubes grid size (0: the preset's)")
     threshold: FloatProperty(name="Threshold", default=0.0, min=0.0, description="Surface density (0: automatic)")

@@ -47,7 +47,7 @@ def panel(**changes) -> SimpleNamespace:
                 "image_path": "", "image_prior": "zero123", "zero123_model": "ashawkey/zero123-xl-diffusers",
                 "view_count": 8, "autoregressive": False, "view_planes": False, "image_prompt": "",
                 "text_weight": 0.0, "elevation": 0.0, "azimuth": -90.0, "fov": 40.0, "size": 0.0, "origin": "center",
-                "texture_size": 0, "normal_map": False, "max_faces": 0}
+                "texture_size": 0, "normal_map": False, "max_faces": 0, "refine_mode": "PRESET", "refine_steps": 1000}
     return SimpleNamespace(**{**defaults, **changes})
 
 
@@ -75,6 +75,11 @@ CASES = [
     # The asset options (real-world size, origin, texture, face budget).
     (panel(size=0.25, origin="bottom", texture_size=4096, normal_map=True, max_faces=20_000), None),
     (panel(mode="image_to_3d", size=2.0, origin="bottom", normal_map=True), captured()),
+    # Mesh refinement: off (even on High), or a number of steps; novel views have none to send.
+    (panel(preset="high", refine_mode="OFF"), None),
+    (panel(refine_mode="CUSTOM", refine_steps=2500), None),
+    (panel(mode="image_to_3d", refine_mode="CUSTOM", refine_steps=300), captured()),
+    (panel(mode="novel_views", refine_mode="CUSTOM", refine_steps=300), captured()),
 ]
 
 
@@ -134,13 +139,29 @@ def test_asset_options_size_zero_is_left_out_and_the_rest_reach_the_request():
                                                                                              True, 20_000)
 
 
+def test_refine_is_the_presets_off_or_the_steps():
+    """Refine Mesh: Preset sends nothing (High refines, the others do not), Off sends 0 even on
+    High, Custom its steps; novel views make no mesh and send none."""
+    for preset, steps in (("preview", 0), ("standard", 0), ("high", 1000)):
+        body = job_requests.job_body(panel(preset=preset))
+        assert "refine" not in body
+        assert TextTo3DRequest.model_validate(body).to_config().refine.steps == steps, preset
+    off = TextTo3DRequest.model_validate(job_requests.job_body(panel(preset="high", refine_mode="OFF")))
+    assert off.refine == 0 and off.to_config().refine.steps == 0
+    custom = job_requests.job_body(panel(mode="image_to_3d", refine_mode="CUSTOM", refine_steps=300), captured())
+    assert ImageTo3DRequest.model_validate(_sent(custom)).refine == 300
+    views = job_requests.job_body(panel(mode="novel_views", refine_mode="CUSTOM", refine_steps=300), captured())
+    assert "refine" not in views
+
+
 @pytest.mark.parametrize("settings,image", CASES)
 def test_run_again_puts_back_the_settings_that_make_the_same_body(settings, image):
     body = job_requests.job_body(settings, image, _abspath)
     editor = panel(mode="text_to_3d" if settings.mode != "text_to_3d" else "novel_views", steps=7, seed=99,
                    guidance_scale=9.0, prompt="something else", image_prompt="other", image_source="CAMERA",
                    size=3.0, origin="bottom" if settings.origin == "center" else "center", texture_size=128,
-                   normal_map=not settings.normal_map, max_faces=99)
+                   normal_map=not settings.normal_map, max_faces=99,
+                   refine_mode="OFF" if settings.refine_mode == "CUSTOM" else "CUSTOM", refine_steps=7)
     job_requests.to_settings(body, editor)
     assert editor.mode == settings.mode and editor.seed == settings.seed
     assert job_requests.job_body(editor, image, _abspath) == body

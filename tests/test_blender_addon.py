@@ -31,7 +31,8 @@ def test_zip_installs_registers_and_uninstalls(addon_zip, tmp_path):
                          ("prompt", "negative", "prior", "model", "seed", "preset", "steps", "guidance_scale",
                           "mesh_resolution", "threshold", "history", "mode", "image_source", "image_path",
                           "image_prior", "zero123_model", "view_count", "autoregressive", "view_planes",
-                          "size", "origin", "texture_size", "normal_map", "max_faces")],
+                          "size", "origin", "texture_size", "normal_map", "max_faces", "refine_mode",
+                          "refine_steps")],
             "enabled": "bl_ext.user_default.dreamsculpt" in bpy.context.preferences.addons,
         }}
         status = bpy.ops.extensions.package_uninstall(repo_index=1, pkg_id="dreamsculpt")
@@ -258,6 +259,7 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                     else:
                         s.image_prior = prior
                     s.view_planes = s.autoregressive = running
+                    s.refine_mode = "CUSTOM" if running else "PRESET"    # Refine Steps shown or not
                     bpy.context.scene.camera = camera if camera_type else None
                     camera.data.type = camera_type or "PERSP"
                     s.history_index = index % 3
