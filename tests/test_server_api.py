@@ -81,6 +81,7 @@ INVALID = [
     ("kind", {"kind": "text_to_4d"}),
     ("steps", {"steps": 0}),
     ("steps", {"steps": 10**9}),
+    ("refine", {"refine": -1}),
     ("seed", {"seed": -1}),
     ("preset", {"preset": "ultra"}),
     ("resolution", {"resolution": 4}),
