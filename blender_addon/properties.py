@@ -77,8 +77,8 @@ class DreamsculptSettings(bpy.types.PropertyGroup):
                                   description="Classifier-free guidance (0: the prior's default)")
     refine_mode: EnumProperty(name="Refine Mesh", items=REFINE_MODES, default="PRESET",
                               description="Refinement of the mesh after the field: as the preset, off, or custom")
-    refine_steps: IntProperty(name="Refine Steps", default=1000, min=0, max=100_000,
-                              description="Mesh refinement steps after the field (Refine Mesh: Custom; 0: off)")
+    refine_steps: IntProperty(name="Refine Steps", default=1000, min=1, max=100_000,
+                              description="Mesh refinement steps after the field (Refine Mesh: Custom)")
     mesh_resolution: IntProperty(name="Mesh Resolution", default=0, min=0, max=1024,
                                  description="Marching-cubes grid size (0: the preset's)")
     threshold: FloatProperty(name="Threshold", default=0.0, min=0.0, description="Surface density (0: automatic)")
