@@ -5,7 +5,7 @@ Presets set resolution and step counts; every field can still be overridden.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from dataclasses import field as _field
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
@@ -114,6 +114,7 @@ class RefineConfig:
     grid_resolution: int = 64       # DMTet cubes per axis over [-bound, bound]
     band: int = 3                   # cells either side of the coarse surface the tet grid keeps
     resolution: int | None = None   # render size; None: twice the coarse render's
+    t_max: float = 0.5              # highest diffusion time of the guidance (Magic3D's fine stage: 0.5)
     lr_sdf: float = 2e-3            # world units per step (Adam), for the signed distances ...
     lr_deform: float = 1e-3         # ... and the vertex offsets
     lr_texture: float = 5e-3        # the coarse field's planes and MLP (the albedo)
@@ -175,6 +176,15 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def refine_resolution(self) -> int:
+        """The fine stage's render size."""
+        return self.refine.resolution or 2 * self.render.resolution
+
+    def refine_guidance(self) -> GuidanceConfig:
+        """The guidance settings of the fine stage: the coarse stage's, with its noise range."""
+        return replace(self.guidance, t_max=min(self.refine.t_max, self.guidance.t_max))
 
     @staticmethod
     def from_dict(data: dict) -> "RunConfig":

@@ -60,6 +60,18 @@ class Surface:
         mesh.remove_unreferenced_vertices()
         return Surface(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64))
 
+    def without_small_parts(self, min_fraction: float) -> "Surface":
+        """Only the connected pieces with at least `min_fraction` of the largest one's faces."""
+        edges = np.concatenate([self.faces[:, [0, 1]], self.faces[:, [1, 2]]])
+        graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(self.vertices),) * 2)
+        _, label = connected_components(graph, directed=False)
+        part = label[self.faces[:, 0]]
+        sizes = np.bincount(part)
+        keep = sizes[part] >= min_fraction * sizes.max()
+        mesh = trimesh.Trimesh(self.vertices, self.faces[keep], process=False)
+        mesh.remove_unreferenced_vertices()
+        return Surface(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64))
+
     def vertex_normals(self) -> np.ndarray:
         """[V, 3] unit normals, the area-weighted mean of the faces around each vertex."""
         return np.asarray(self.to_trimesh().vertex_normals, dtype=np.float32)
@@ -106,19 +118,28 @@ def extract_surface(field: TriplaneField, config: MeshConfig,
     """The dense surface: marching cubes of the density at `config.resolution`^3, cleaned to
     one closed solid (watertight). Returns (surface, threshold used)."""
     threshold = config.threshold if config.threshold is not None else auto_threshold(field, occupancy)
-    bound, res = field.config.bound, config.resolution
-    grid = clean_solid(field.density_grid(res).cpu().numpy(), threshold, config.min_component_fraction)
+    surface, _ = surface_at(field, config.resolution, threshold, config.min_component_fraction)
+    return surface, threshold
+
+
+@torch.no_grad()
+def surface_at(field: TriplaneField, resolution: int, threshold: float,
+               min_fraction: float) -> tuple[Surface, np.ndarray]:
+    """(marching cubes of the density at level `threshold` on a resolution^3 lattice over the
+    field's box, that lattice's density made one clean solid by `clean_solid`)."""
+    bound = field.config.bound
+    grid = clean_solid(field.density_grid(resolution).cpu().numpy(), threshold, min_fraction)
     # A zero border closes surfaces that touch the box, so the mesh is watertight.
     verts, faces = mcubes.marching_cubes(np.pad(grid, 1, constant_values=0.0), threshold)
     if len(faces) == 0:
         raise DreamsculptError(f"No surface at density threshold {threshold:.3g} (densest point {grid.max():.3g}). "
                                "Try a lower --threshold, more --steps or another --seed.")
-    verts = (verts - 1.0) / (res - 1) * 2.0 * bound - bound
+    verts = (verts - 1.0) / (resolution - 1) * 2.0 * bound - bound
     surface = Surface(verts.astype(np.float32), faces.astype(np.int64)).cleaned()
     if len(surface.faces) < 4:
         raise DreamsculptError("The extracted mesh is degenerate (fewer than 4 faces). "
                                "Try a lower --threshold, more --steps or another --seed.")
-    return surface, threshold
+    return surface, grid
 
 
 def decimate(surface: Surface, max_faces: int) -> Surface:

@@ -80,3 +80,66 @@ def texture_fidelity(field, asset, occupancy=None, size: int = 128) -> tuple[flo
     # Where both show surface, the field's colour is its render without the white it lets through.
     surface = (truth[both] - (1.0 - opacity[both, None])) / opacity[both, None]
     return psnr(views, truth), psnr(views[both], np.clip(surface, 0.0, 1.0))
+
+
+def surface_samples(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` points spread uniformly by area over a triangle mesh, and the unit normals of
+    their faces: ([count, 3], [count, 3]). Deterministic for a seed."""
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    points, index = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.asarray(points, np.float64), np.asarray(mesh.face_normals[index], np.float64)
+
+
+def true_surface(sdf: Callable[[torch.Tensor], torch.Tensor], count: int, resolution: int = 256,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Points and unit normals on the zero level of a signed distance function (negative
+    inside) over [-1, 1]^3: marching cubes at `resolution`^3, samples projected onto the
+    level by one Newton step along the gradient, normals from the gradient."""
+    import mcubes
+
+    axis = torch.linspace(-1.0, 1.0, resolution)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    values = torch.cat([sdf(p) for p in grid.split(1 << 18)]).reshape((resolution,) * 3).numpy()
+    verts, faces = mcubes.marching_cubes(-values, 0.0)
+    points, _ = surface_samples(verts / (resolution - 1) * 2.0 - 1.0, faces.astype(np.int64), count, seed)
+    p = torch.from_numpy(points).float().requires_grad_(True)
+    value = sdf(p)
+    (grad,) = torch.autograd.grad(value.sum(), p)
+    normals = torch.nn.functional.normalize(grad, dim=-1)
+    points = (p - value[:, None] * normals).detach()
+    return points.numpy().astype(np.float64), normals.numpy().astype(np.float64)
+
+
+def chamfer_and_normals(vertices: np.ndarray, faces: np.ndarray, truth: tuple[np.ndarray, np.ndarray],
+                        count: int = 50_000) -> tuple[float, float]:
+    """(symmetric Chamfer distance: the mean of both directions' mean nearest-point distance,
+    world units; normal consistency: the mean |cos| between each sample's normal and its
+    nearest counterpart's, both directions) of a mesh against true surface samples."""
+    from scipy.spatial import cKDTree
+
+    points, normals = surface_samples(vertices, faces, count)
+    true_points, true_normals = truth
+    to_truth, nearest_true = cKDTree(true_points).query(points)
+    to_mesh, nearest_mine = cKDTree(points).query(true_points)
+    chamfer = 0.5 * (to_truth.mean() + to_mesh.mean())
+    consistency = 0.5 * (np.abs((normals * true_normals[nearest_true]).sum(-1)).mean()
+                         + np.abs((true_normals * normals[nearest_mine]).sum(-1)).mean())
+    return float(chamfer), float(consistency)
+
+
+def axis_aligned_share(vertices: np.ndarray, faces: np.ndarray, degrees: float = 5.0) -> float:
+    """Share of the surface area whose normal is within `degrees` of a coordinate axis."""
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    aligned = np.abs(mesh.face_normals).max(-1) >= np.cos(np.radians(degrees))
+    return float(mesh.area_faces[aligned].sum() / mesh.area_faces.sum())
+
+
+def parts_in_slice(vertices: np.ndarray, faces: np.ndarray, z: float) -> int:
+    """How many separate pieces the plane at height `z` cuts from a closed mesh: the closed
+    outlines of the section, nested ones (holes) not counted."""
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    section = mesh.section(plane_origin=[0.0, 0.0, z], plane_normal=[0.0, 0.0, 1.0])
+    if section is None:
+        return 0
+    planar, _ = section.to_2D()
+    return len(planar.polygons_full)

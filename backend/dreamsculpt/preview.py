@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +27,19 @@ def render_views(trainer: Trainer, azimuths, elevation: float = 20.0, size: int 
     return (torch.stack(frames).permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
-def save_preview(trainer: Trainer, path: Path) -> None:
+#: What the pictures below are taken with: azimuths (degrees) -> [K, S, S, 3] uint8 views of
+#: the result at 20 degrees elevation (render_views for a field, Refiner.pictures for a mesh).
+Pictures = Callable[[list[float]], np.ndarray]
+
+
+def save_preview(pictures: Pictures, path: Path) -> None:
     """Front, right, back and left views (Blender's front is the camera on -Y) side by side."""
-    views = render_views(trainer, [-90.0, 0.0, 90.0, 180.0])
+    views = pictures([-90.0, 0.0, 90.0, 180.0])
     Image.fromarray(np.concatenate(list(views), axis=1)).save(path)
 
 
-def save_turntable(trainer: Trainer, path: Path, frames: int = 24) -> None:
-    views = render_views(trainer, np.linspace(-90.0, 270.0, frames, endpoint=False).tolist())
+def save_turntable(pictures: Pictures, path: Path, frames: int = 24) -> None:
+    views = pictures(np.linspace(-90.0, 270.0, frames, endpoint=False).tolist())
     images = [Image.fromarray(v) for v in views]
     images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0)
 

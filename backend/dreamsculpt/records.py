@@ -41,6 +41,8 @@ class MeshOutputs:
     anchor: list[float] = field(default_factory=list)   # ... and the field point made the origin:
     # asset = scale * (field - anchor)
     asset_seconds: dict[str, float] = field(default_factory=dict)   # decimate, unwrap, bake, export
+    refine_steps: int = 0   # mesh refinement steps the surface has had (0: the field's own surface)
+    refine_ms_per_step: dict[str, float] = field(default_factory=dict)   # extract, render, guidance, backward
 
     def summary(self, out_dir: Path, seconds: float) -> str:
         return (f"wrote {out_dir}/mesh.glb ({self.vertices} vertices, {self.faces} faces, "

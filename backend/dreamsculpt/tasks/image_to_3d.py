@@ -1,7 +1,7 @@
 """One picture (and the camera that took it) → a coloured mesh placed where the camera saw it.
 
     request → config → the picture in the canonical frame → image prior (+ text SDS, Magic123)
-    → optimise with reference-view losses → mesh → run.json with the placement
+    → optimise with reference-view losses → (refine) → mesh → run.json with the placement
 """
 
 from __future__ import annotations
@@ -44,12 +44,19 @@ def run(request: ImageTo3DRequest, out_dir: Path, callbacks: Callbacks | None = 
 
     view = picture_view(config.image)
     resolution = config.render.resolution
-    prior = picture_prior(config.guidance, view, models).guidance(resolution, around_picture(view, TrainingViews.of(config)))
-    guidance, description = prior.guidance, prior.description
-    if request.text_weight > 0:   # Magic123: text SDS for detail on top of the image prior
-        text = text_prior(replace(config.guidance, prior="sd", guidance_scale=None), resolution, prior.views, models)
-        guidance = CombinedGuidance([(guidance, 1.0), (text.guidance, request.text_weight)])
-        description += f" + {text.description} x {request.text_weight:g}"
+
+    def guidance_at(g, size: int):
+        """The image prior for renders of `size` px (+ text SDS for detail, Magic123)."""
+        prior = picture_prior(g, view, models).guidance(size, around_picture(view, TrainingViews.of(config)))
+        guidance, description = prior.guidance, prior.description
+        if request.text_weight > 0:
+            text = text_prior(replace(g, prior="sd", guidance_scale=None), size, prior.views, models)
+            guidance = CombinedGuidance([(guidance, 1.0), (text.guidance, request.text_weight)])
+            description += f" + {text.description} x {request.text_weight:g}"
+        return prior, guidance, description
+
+    prior, guidance, description = guidance_at(config.guidance, resolution)
+    fine = guidance_at(config.refine_guidance(), config.refine_resolution)[1] if config.refine.steps else None
 
     rgb, mask = view.resized(resolution)
     default_rgb, default_mask = REFERENCE_WEIGHTS.get(request.prior, (1.0, 1.0))
@@ -60,7 +67,7 @@ def run(request: ImageTo3DRequest, out_dir: Path, callbacks: Callbacks | None = 
     out_dir = stages.make_folder(out_dir)
     save_rgba(view.rgba, out_dir / "reference.png")
     trainer = Trainer(config, guidance, callbacks, checkpoint, target, prior.views)
-    outputs, transform = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started)
+    outputs, transform = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started, fine)
 
     record = RunRecord(kind=request.kind, request=request.model_dump(mode="json"),
                        prior=PriorRecord(request.prior, description, prior.model), seed=request.seed,

@@ -41,14 +41,17 @@ def report(callbacks: Callbacks, stage: str, step: int, total: int, loss: float,
         callbacks.on_progress(Progress(step, total, loss, time.perf_counter() - started, 0.0, stage))
 
 
-def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool, started: float):
-    """Run `trainer` (from its checkpoint with `resume`) to the end, make the field an asset
-    (assets.make_asset) and write it (export.export_asset), preview.png and turntable.gif into
-    `out_dir`. Returns (MeshOutputs, the asset's AssetTransform)."""
+def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool, started: float,
+                      fine_guidance=None):
+    """Run `trainer` (from its checkpoint with `resume`) to the end; with config.refine.steps,
+    refine its surface as a mesh (refine.Refiner, guided by `fine_guidance`, from its own
+    checkpoint with `resume`); make the surface an asset (assets.make_asset) and write it
+    (export.export_asset), preview.png and turntable.gif into `out_dir`. Returns
+    (MeshOutputs, the asset's AssetTransform)."""
     from ..assets import make_asset
     from ..export import NORMAL_MAP, TEXTURE, export_asset
     from ..mesh import extract_surface
-    from ..preview import save_preview, save_turntable
+    from ..preview import render_views, save_preview, save_turntable
 
     if resume:
         trainer.load_checkpoint(out_dir / CHECKPOINT)
@@ -58,22 +61,56 @@ def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool
     def stage(name: str) -> None:
         report(callbacks, name, trainer.step_index, steps, trainer.loss_ema, started)
 
-    stage("meshing")
-    dense, threshold = extract_surface(field, config.mesh, trainer.occupancy)
-    colour, normals = field_functions(field)
+    refiner = None
+    if config.refine.steps:
+        from ..refine import CHECKPOINT as REFINED
+        from ..refine import Refiner
+
+        trainer.save_checkpoint()   # the finished field: a resume while refining starts from it
+        stage("refining")
+        refiner = Refiner(trainer, fine_guidance, callbacks, out_dir / REFINED)
+        if resume and (out_dir / REFINED).exists():
+            refiner.load_checkpoint(out_dir / REFINED)
+        dense = refiner.run()
+        refiner.save_checkpoint()
+        threshold = refiner.threshold
+        colour, normals = refined_functions(refiner.field, dense)
+        pictures = refiner.pictures
+    else:
+        stage("meshing")
+        dense, threshold = extract_surface(field, config.mesh, trainer.occupancy)
+        colour, normals = field_functions(field)
+        pictures = lambda azimuths: render_views(trainer, azimuths)  # noqa: E731
     asset = make_asset(dense, colour, config.mesh, normals, stage)
     stage("saving")
     export_asset(asset, out_dir, obj=config.mesh.export_obj)
-    save_preview(trainer, out_dir / "preview.png")
-    save_turntable(trainer, out_dir / "turntable.gif")
+    save_preview(pictures, out_dir / "preview.png")
+    save_turntable(pictures, out_dir / "turntable.gif")
     m = config.mesh
     outputs = MeshOutputs(
         steps=trainer.step_index, vertices=len(asset.surface.vertices), faces=len(asset.surface.faces),
         threshold=threshold, dense_faces=len(dense.faces), watertight=asset.surface.is_watertight(),
         texture=TEXTURE, texture_size=m.texture_size, normal_map=NORMAL_MAP if m.normal_map else None,
         size=asset.extent, origin=m.origin, scale=asset.transform.scale,
-        anchor=list(asset.transform.anchor), asset_seconds=asset.seconds)
+        anchor=list(asset.transform.anchor), asset_seconds=asset.seconds,
+        refine_steps=refiner.step_index if refiner else 0,
+        refine_ms_per_step=refiner.ms_per_step() if refiner else {})
     return outputs, asset.transform
+
+
+def refined_functions(field, surface):
+    """(the albedo seen at surface points, the refined surface's own normal at points) for
+    assets.make_asset: the texture field's colour through the band the refinement trained it
+    on, and the normal of the nearest vertex of the dense refined surface."""
+    from scipy.spatial import cKDTree
+
+    colour, _ = field_functions(field)
+    tree, vertex_normals = cKDTree(surface.vertices), surface.vertex_normals()
+
+    def normals(points: np.ndarray) -> np.ndarray:
+        return vertex_normals[tree.query(points)[1]]
+
+    return colour, normals
 
 
 def field_functions(field):

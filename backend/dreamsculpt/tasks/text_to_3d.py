@@ -1,6 +1,7 @@
 """Text (or a folder of images) → a coloured mesh: Score Distillation Sampling on a NeRF.
 
-    request → config → prior (and the training views it wants) → optimise → mesh → run.json
+    request → config → prior (and the training views it wants) → optimise → (refine) → mesh
+    → run.json
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def run(request: TextTo3DRequest, out_dir: Path, callbacks: Callbacks | None = N
     checkpoint = stages.check_resume(out_dir, resume)
 
     prior = text_prior(config.guidance, config.render.resolution, TrainingViews.of(config), models)
+    # The fine stage's prior: the same one, at its resolution and lower noise (Magic3D).
+    fine = None
+    if config.refine.steps:
+        fine = text_prior(config.refine_guidance(), config.refine_resolution, TrainingViews.of(config), models)
     out_dir = stages.make_folder(out_dir)
     trainer = Trainer(config, prior.guidance, callbacks, checkpoint, views=prior.views)
-    outputs, _ = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started)
+    outputs, _ = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started,
+                                          fine.guidance if fine else None)
 
     record = RunRecord(kind=request.kind, request=request.model_dump(mode="json"),
                        prior=PriorRecord(request.prior, prior.description, prior.model), seed=request.seed,
