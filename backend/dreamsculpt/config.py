@@ -115,11 +115,12 @@ class RefineConfig:
     band: int = 3                   # cells either side of the coarse surface the tet grid keeps
     resolution: int | None = None   # render size; None: twice the coarse render's
     t_max: float = 0.5              # highest diffusion time of the guidance (Magic3D's fine stage: 0.5)
-    lr_sdf: float = 2e-3            # world units per step (Adam), for the signed distances ...
-    lr_deform: float = 1e-3         # ... and the vertex offsets
-    lr_texture: float = 5e-3        # the coarse field's planes and MLP (the albedo)
-    lambda_normal: float = 0.1      # normal consistency across edges
-    lambda_laplacian: float = 0.1   # uniform Laplacian of the vertices (per cell^2)
+    lr_sdf: float = 5e-4            # world units per step (Adam) for the signed distances ...
+    lr_deform: float = 1e-2         # ... and for the offsets (tanh space: 0.45 cell at saturation)
+    lr_texture: float = 5e-3        # the coarse field's planes (its MLP at a fifth): the albedo
+    lambda_normal: float = 0.2      # normal consistency across edges
+    lambda_laplacian: float = 0.0   # uniform Laplacian of the vertices (per cell^2); off: at 0.1 it
+                                    # pulled the cube's vertices to the middle of the grid's edges
 
 
 #: Where the exported mesh's origin goes: its bounding box's centre, or the centre of its bottom.

@@ -67,7 +67,7 @@ def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool
         from ..refine import Refiner
 
         trainer.save_checkpoint()   # the finished field: a resume while refining starts from it
-        stage("refining")
+        report(callbacks, "refining", 0, config.refine.steps, trainer.loss_ema, started)
         refiner = Refiner(trainer, fine_guidance, callbacks, out_dir / REFINED)
         if resume and (out_dir / REFINED).exists():
             refiner.load_checkpoint(out_dir / REFINED)

@@ -1,0 +1,114 @@
+"""The fine stage: DMTet's surface (closed, wound outwards, differentiable in its distances
+and offsets), its regularisers, and the stage inside a run: progress, cancel and resume from
+its own checkpoint without redoing the field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from dreamsculpt.callbacks import Callbacks
+from dreamsculpt.dmtet import DMTet, TetGrid, marching_tets
+from dreamsculpt.errors import CancelledError
+from dreamsculpt.refine import laplacian, normal_consistency
+from dreamsculpt.requests import TextTo3DRequest
+from dreamsculpt.tasks import text_to_3d
+
+
+def box_dmtet(resolution: int = 32, half: float = 0.5, band: int = 3) -> DMTet:
+    axis = np.arange(resolution + 1) / resolution * 2 - 1
+    nodes = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    near = np.abs(np.abs(nodes).max(-1) - half) <= band * 2 / resolution
+    keep = np.zeros((resolution,) * 3, bool)
+    for dx, dy, dz in np.ndindex(2, 2, 2):
+        keep |= near[dx:resolution + dx, dy:resolution + dy, dz:resolution + dz]
+    grid = TetGrid.around(keep, 1.0)
+    # A box a third of a cell inside a grid plane, so no node sits on the surface.
+    sdf = grid.positions.abs().amax(-1) - (half - 0.3 * grid.cell)
+    return DMTet(grid, sdf)
+
+
+def test_the_surface_of_a_box_is_closed_wound_outwards_and_where_the_distances_say():
+    surface = box_dmtet()
+    mesh = surface.mesh()
+    solid = trimesh.Trimesh(mesh.vertices.detach().numpy(), mesh.faces.numpy(), process=False)
+    assert solid.is_watertight and solid.is_winding_consistent
+    side = 1.0 - 0.6 * surface.grid.cell
+    # Positive: the normals point out (short of side^3 by the bevels linear interpolation cuts at the edges).
+    assert solid.volume == pytest.approx(side ** 3, rel=0.01)
+    assert np.abs(solid.vertices).max() == pytest.approx(side / 2, abs=1e-5)
+
+
+def test_vertices_move_with_distances_and_offsets():
+    surface = box_dmtet()
+    mesh = surface.mesh()
+    mesh.vertices[:, 0].sum().backward()
+    assert surface.sdf.grad.abs().sum() > 0 and surface.deform.grad[:, 0].abs().sum() > 0
+    # Lowering every distance grows the box by as much (distances here are exact).
+    with torch.no_grad():
+        surface.sdf -= 0.01
+    grown = surface.mesh().vertices.detach()
+    assert grown.abs().max() == pytest.approx(0.5 - 0.3 * surface.grid.cell + 0.01, abs=1e-5)
+
+
+def test_marching_tets_of_a_single_tetrahedron_with_one_corner_inside():
+    positions = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    sdf = torch.tensor([-1.0, 1.0, 1.0, 3.0])
+    mesh = marching_tets(positions, sdf, torch.tensor([[0, 1, 2, 3]]))
+    assert mesh.faces.shape == (1, 3)
+    assert sorted(mesh.vertices.tolist()) == sorted([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.25]])
+    normal = mesh.face_normals()[0]
+    assert (normal > 0).all()            # away from the inside corner at the origin
+
+
+def test_regularisers_are_zero_on_a_plane_and_grow_with_a_fold():
+    vertices = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    faces = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    from dreamsculpt.dmtet import TriangleMesh
+    assert normal_consistency(TriangleMesh(vertices, faces)) == pytest.approx(0.0, abs=1e-7)
+    folded = vertices.clone()
+    folded[3, 2] = 1.0
+    assert normal_consistency(TriangleMesh(folded, faces)) > 0.1
+    assert laplacian(TriangleMesh(folded, faces), 1.0) > laplacian(TriangleMesh(vertices, faces), 1.0)
+
+
+@pytest.mark.slow   # a short run through the task, twice
+def test_a_run_killed_while_refining_resumes_from_the_refinement_checkpoint(tmp_path):
+    request = TextTo3DRequest(kind="text_to_3d", prompt="a red cube", prior="builtin", preset="preview",
+                              steps=30, refine=8)
+    config = request.to_config()
+    config.train.checkpoint_every = 3
+    seen = []
+
+    def on_progress(p):
+        seen.append((p.stage, p.step))
+
+    def cancel_at_five() -> bool:
+        return ("refining", 5) in seen
+
+    with pytest.raises(CancelledError, match="refinement step 5 of 8"):
+        text_to_3d.run(request, tmp_path, Callbacks(on_progress=on_progress, should_cancel=cancel_at_five),
+                       config=config)
+    assert (tmp_path / "refine.pt").exists()
+    assert torch.load(tmp_path / "refine.pt", weights_only=False)["step"] == 5
+
+    seen.clear()
+    result = text_to_3d.run(request, tmp_path, Callbacks(on_progress=on_progress), resume=True, config=config)
+    steps = [step for stage, step in seen if stage == "refining" and step > 0]   # 0: the stage starts
+    assert steps[0] == 6 and steps[-1] == 8
+    assert not [step for stage, step in seen if stage == "optimising"]     # the field was not trained again
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["refine_steps"] == 8 and run["steps"] == 30 and run["watertight"]
+    assert result.record.outputs.refine_ms_per_step["render"] > 0
+
+    # The same run uninterrupted gives the same surface.
+    again = tmp_path / "again"
+    text_to_3d.run(request, again, config=config)
+    ours = trimesh.load(tmp_path / "mesh.ply", process=False)
+    theirs = trimesh.load(again / "mesh.ply", process=False)
+    assert len(ours.faces) == len(theirs.faces)
+    assert np.allclose(ours.vertices, theirs.vertices, atol=1e-5)
