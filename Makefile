@@ -40,3 +40,4 @@ bench: venv
 	$(VENV)/bin/python bench/bench_zero123.py
 	$(VENV)/bin/python bench/bench_assets.py
 	$(VENV)/bin/python bench/bench_backgrounds.py
+	$(VENV)/bin/python bench/bench_refine.py --shapes cube

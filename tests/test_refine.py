@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
 from dreamsculpt.callbacks import Callbacks
 from dreamsculpt.dmtet import DMTet, TetGrid, marching_tets
 from dreamsculpt.errors import CancelledError
