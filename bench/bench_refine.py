@@ -79,7 +79,7 @@ def refine_shape(shape: str, preset: str, steps: int) -> list[list]:
                               refine=steps)
     config = request.to_config()
     prior = text_prior(config.guidance, config.render.resolution, TrainingViews.of(config))
-    fine = text_prior(config.refine_guidance(), config.refine_resolution, TrainingViews.of(config))
+    fine = text_prior(config.refine_guidance(), config.refine_prior_resolution, TrainingViews.of(config))
     trainer = Trainer(config, prior.guidance, views=prior.views)
     tick = time.perf_counter()
     trainer.run()

@@ -114,11 +114,14 @@ class RefineConfig:
     grid_resolution: int = 64       # DMTet cubes per axis over [-bound, bound]
     band: int = 3                   # cells either side of the coarse surface the tet grid keeps
     resolution: int | None = None   # render size; None: twice the coarse render's
-    t_max: float = 0.5              # highest diffusion time of the guidance (Magic3D's fine stage: 0.5)
-    lr_sdf: float = 5e-4            # world units per step (Adam) for the signed distances ...
+    t_max: float = 0.2              # highest diffusion time of the guidance (Magic3D's fine stage: 0.5;
+                                    # the cube's faces came out flatter at 0.2)
+    lr_sdf: float = 2e-4            # world units per step (Adam) for the signed distances ...
+    lr_levels: float = 2e-4         # ... for the coarse corrections to them (dmtet.LEVELS; at 2e-3
+                                    # the noisy guidance moved whole faces: cube IoU 0.89 -> 0.86)
     lr_deform: float = 1e-2         # ... and for the offsets (tanh space: 0.45 cell at saturation)
     lr_texture: float = 5e-3        # the coarse field's planes (its MLP at a fifth): the albedo
-    lambda_normal: float = 0.2      # normal consistency across edges
+    lambda_normal: float = 0.02     # normal consistency across edges (refine.normal_consistency)
     lambda_laplacian: float = 0.0   # uniform Laplacian of the vertices (per cell^2); off: at 0.1 it
                                     # pulled the cube's vertices to the middle of the grid's edges
 
@@ -182,6 +185,13 @@ class RunConfig:
     def refine_resolution(self) -> int:
         """The fine stage's render size."""
         return self.refine.resolution or 2 * self.render.resolution
+
+    @property
+    def refine_prior_resolution(self) -> int:
+        """The size the fine stage's prior is built for: its renders', at most 128 px (an image
+        set's denoiser holds every image at this size: the built-in library is 566 MB at 128 px
+        and would be 2.3 GB at 256; it compares the renders box-filtered down to it)."""
+        return min(self.refine_resolution, max(128, self.render.resolution))
 
     def refine_guidance(self) -> GuidanceConfig:
         """The guidance settings of the fine stage: the coarse stage's, with its noise range."""

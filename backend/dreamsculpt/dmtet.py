@@ -141,15 +141,25 @@ def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
     return TriangleMesh(vertices, faces)
 
 
+#: Cells per axis of the coarse correction grids added to the nodes' distances (see DMTet).
+LEVELS = (4, 8, 16)
+
+
 class DMTet(nn.Module):
     """A learnable signed distance and offset per grid node. The offsets stay under 0.45 of a
-    cell (tanh), so no tetrahedron turns inside out."""
+    cell (tanh), so no tetrahedron turns inside out.
+
+    The distance is the node's own value plus corrections interpolated from coarse grids
+    (LEVELS cells per axis over the box): where only a face's outline is seen (a silhouette), a
+    per-node value moves only the nodes under the outline, while a coarse correction moves the
+    whole face with it."""
 
     def __init__(self, grid: TetGrid, sdf: torch.Tensor, frozen: torch.Tensor | None = None):
         super().__init__()
         self.grid = grid
         self.sdf = nn.Parameter(sdf.clone().float())
         self.deform = nn.Parameter(torch.zeros_like(grid.positions))
+        self.levels = nn.ParameterList([nn.Parameter(torch.zeros(1, 1, r + 1, r + 1, r + 1)) for r in LEVELS])
         # Nodes at the band's edge keep their sign: the surface cannot leave the band open.
         self.register_buffer("initial", sdf.clone().float())
         self.register_buffer("frozen", torch.zeros_like(self.initial, dtype=torch.bool) if frozen is None else frozen)
@@ -158,7 +168,11 @@ class DMTet(nn.Module):
         return self.grid.positions.to(self.deform.device) + 0.45 * self.grid.cell * torch.tanh(self.deform)
 
     def distances(self) -> torch.Tensor:
-        return torch.where(self.frozen, self.initial, self.sdf)
+        # grid_sample's (x, y, z) index the last, middle and first axes: levels are [z, y, x].
+        at = (self.grid.positions.to(self.sdf.device) / self.grid.bound)[None, :, None, None, :]
+        coarse = sum(torch.nn.functional.grid_sample(level, at, align_corners=True).reshape(-1)
+                     for level in self.levels)
+        return torch.where(self.frozen, self.initial, self.sdf + coarse)
 
     def mesh(self) -> TriangleMesh:
         return marching_tets(self.positions(), self.distances(), self.grid.tets.to(self.sdf.device))

@@ -88,13 +88,15 @@ class Refiner:
         self.background = Background(trainer.background.mode).to(self.device)
         self.background.load_state_dict(trainer.background.state_dict())
         self.generator = torch.Generator().manual_seed(self.config.train.seed + 1)
-        groups = [{"params": [self.surface.sdf], "lr": r.lr_sdf}, {"params": [self.surface.deform], "lr": r.lr_deform},
+        groups = [{"params": [self.surface.sdf], "lr": r.lr_sdf}, {"params": [*self.surface.levels], "lr": r.lr_levels}, {"params": [self.surface.deform], "lr": r.lr_deform},
                   {"params": [self.field.planes], "lr": r.lr_texture},
                   {"params": self.field.mlp.parameters(), "lr": 0.2 * r.lr_texture}]
         if self.background.mode == "learned":
             groups.append({"params": self.background.parameters(), "lr": 0.2 * r.lr_texture})
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
         self.step_index, self.loss_ema = 0, 0.0
+        # The regularisers' scale: the starting surface's edges (see normal_consistency).
+        self.edge_count = int(1.5 * len(self.surface.mesh().faces))
         self.timings = {"extract": 0.0, "render": 0.0, "guidance": 0.0, "backward": 0.0, "steps": 0}
 
     # --- Rendering --------------------------------------------------------------------------
@@ -151,7 +153,7 @@ class Refiner:
             raise NonFiniteError(f"The guidance gradient became NaN/Inf at refinement step {self.step_index}. "
                                  "Try a lower --guidance-scale, fewer --refine steps or another --seed.")
         loss = c.train.guidance_weight * (rgb * guided.grad).sum() / opacity.numel()
-        loss = loss + r.lambda_normal * normal_consistency(mesh) + r.lambda_laplacian * laplacian(mesh, self.surface.grid.cell)
+        loss = loss + r.lambda_normal * normal_consistency(mesh, self.edge_count) + r.lambda_laplacian * laplacian(mesh, self.surface.grid.cell)
         if self.reference is not None:
             loss = loss + self.reference_loss(mesh)
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,11 +273,18 @@ class Refiner:
         return True
 
 
-def normal_consistency(mesh: TriangleMesh) -> torch.Tensor:
-    """Mean (1 - cos) of the angle between the normals of faces sharing an edge."""
+def normal_consistency(mesh: TriangleMesh, per: int | None = None) -> torch.Tensor:
+    """The summed bend between the normals of faces sharing an edge, sqrt(1 - cos) (about the
+    angle / sqrt 2), over `per` (default: the number of such edges).
+
+    Linear in the angle, not quadratic as 1 - cos is: the usual quadratic term makes spreading
+    a turn over many edges cheaper than one sharp edge, so it rounded the cube towards a ball
+    (its faces bulged outwards as its edges sank); a linear one costs a turn the same however it
+    is spread and flattens small bumps hardest (measured in bench/bench_refine.py)."""
     normals = mesh.face_normals()
     pairs = Topology.of(mesh.faces, len(mesh.vertices)).face_pairs
-    return (1.0 - (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1)).mean()
+    bend = (1.0 - (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1)).clamp_min(0.0)
+    return torch.sqrt(bend + 1e-8).sum() / (per or max(len(pairs), 1))
 
 
 def laplacian(mesh: TriangleMesh, cell: float) -> torch.Tensor:

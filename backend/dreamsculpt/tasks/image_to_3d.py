@@ -56,7 +56,7 @@ def run(request: ImageTo3DRequest, out_dir: Path, callbacks: Callbacks | None = 
         return prior, guidance, description
 
     prior, guidance, description = guidance_at(config.guidance, resolution)
-    fine = guidance_at(config.refine_guidance(), config.refine_resolution)[1] if config.refine.steps else None
+    fine = guidance_at(config.refine_guidance(), config.refine_prior_resolution)[1] if config.refine.steps else None
 
     rgb, mask = view.resized(resolution)
     default_rgb, default_mask = REFERENCE_WEIGHTS.get(request.prior, (1.0, 1.0))

@@ -42,7 +42,7 @@ def run(request: TextTo3DRequest, out_dir: Path, callbacks: Callbacks | None = N
     # The fine stage's prior: the same one, at its resolution and lower noise (Magic3D).
     fine = None
     if config.refine.steps:
-        fine = text_prior(config.refine_guidance(), config.refine_resolution, TrainingViews.of(config), models)
+        fine = text_prior(config.refine_guidance(), config.refine_prior_resolution, TrainingViews.of(config), models)
     out_dir = stages.make_folder(out_dir)
     trainer = Trainer(config, prior.guidance, callbacks, checkpoint, views=prior.views)
     outputs, _ = stages.optimise_and_mesh(trainer, out_dir, callbacks, resume, started,
