@@ -15,17 +15,40 @@ def lattice(resolution: int, bound: float = 1.0) -> np.ndarray:
     return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
 
-def mesh_occupancy(mesh: trimesh.Trimesh, points: np.ndarray, pitch: float = 1.0 / 64) -> np.ndarray:
-    """[P] bool: which points lie inside the (closed) mesh, via a filled voxelisation."""
-    voxels = mesh.voxelized(pitch=pitch).fill()
-    return np.asarray(voxels.is_filled(points), dtype=bool)
+def mesh_occupancy(mesh: trimesh.Trimesh, resolution: int, bound: float = 1.0) -> np.ndarray:
+    """[R^3] bool (ordered as `lattice`): which voxel centres lie inside the closed mesh, by the
+    parity of its crossings along +z through each column of centres (exact for a watertight
+    mesh; a filled voxelisation of the surface, as used before, swung the cone's IoU between
+    0.88 and 0.93 with the voxel size)."""
+    from .raster import cover
+
+    vertices = np.asarray(mesh.vertices, np.float64)
+    pixels = (vertices[:, :2] + bound) / (2 * bound) * resolution          # lattice (x, y) -> pixel centres
+    found = cover(pixels[np.asarray(mesh.faces)][:, :, [1, 0]], resolution, every=True)  # rows index x
+    z = found.interpolate(vertices[np.asarray(mesh.faces)][:, :, 2:])[:, 0].astype(np.float64)
+    column = found.rows * resolution + found.cols
+    # A column through an edge or a corner meets every face there at one point: count it once
+    # (a grid-made mesh's diagonals pass exactly through the columns).
+    order = np.lexsort((z, column))
+    column, z = column[order], z[order]
+    first = np.ones(len(z), bool)
+    first[1:] = (column[1:] != column[:-1]) | (np.abs(z[1:] - z[:-1]) > 1e-6)
+    column, z = column[first], z[first]
+    axis = (np.arange(resolution) + 0.5) / resolution * 2 * bound - bound
+    below = np.searchsorted(axis, z)                                        # centres under each crossing
+    changes = np.zeros((resolution * resolution, resolution + 1), np.int64)
+    np.add.at(changes, (column, np.zeros_like(column)), 1)
+    np.add.at(changes, (column, below), -1)
+    crossings_above = np.cumsum(changes, 1)[:, :resolution]
+    return (crossings_above % 2 == 1).reshape(-1)
 
 
 def voxel_iou(mesh: trimesh.Trimesh, inside: Callable[[torch.Tensor], torch.Tensor], resolution: int = 64) -> float:
-    """IoU between the mesh's solid and the ground-truth `inside(points [P, 3]) -> bool [P]`."""
+    """IoU between the mesh's solid and the ground-truth `inside(points [P, 3]) -> bool [P]`,
+    over the centres of a resolution^3 grid on [-1, 1]^3."""
     points = lattice(resolution)
     truth = inside(torch.from_numpy(points).float()).numpy().astype(bool)
-    pred = mesh_occupancy(mesh, points)
+    pred = mesh_occupancy(mesh, resolution)
     union = np.logical_or(truth, pred).sum()
     return float(np.logical_and(truth, pred).sum() / max(union, 1))
 
@@ -136,10 +159,29 @@ def axis_aligned_share(vertices: np.ndarray, faces: np.ndarray, degrees: float =
 
 def parts_in_slice(vertices: np.ndarray, faces: np.ndarray, z: float) -> int:
     """How many separate pieces the plane at height `z` cuts from a closed mesh: the closed
-    outlines of the section, nested ones (holes) not counted."""
+    outlines of the section, less those inside another (holes)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     mesh = trimesh.Trimesh(vertices, faces, process=False)
-    section = mesh.section(plane_origin=[0.0, 0.0, z], plane_normal=[0.0, 0.0, 1.0])
-    if section is None:
+    segments = trimesh.intersections.mesh_plane(mesh, [0.0, 0.0, 1.0], [0.0, 0.0, z])[:, :, :2]
+    if len(segments) == 0:
         return 0
-    planar, _ = section.to_2D()
-    return len(planar.polygons_full)
+    # Segments of one outline share their end points (each the crossing of one mesh edge).
+    points, index = np.unique(np.round(segments.reshape(-1, 2), 9), axis=0, return_inverse=True)
+    ends = index.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(len(points),) * 2)
+    count, label = connected_components(graph, directed=False)
+    loops = [segments[label[ends[:, 0]] == k] for k in range(count)]
+    holes = sum(any(_inside(loop[0, 0], other) for j, other in enumerate(loops) if j != k)
+                for k, loop in enumerate(loops))
+    return count - holes
+
+
+def _inside(point: np.ndarray, loop: np.ndarray) -> bool:
+    """Whether `point` [2] is inside the closed outline made of `loop` [n, 2, 2] segments (even-odd)."""
+    a, b = loop[:, 0], loop[:, 1]
+    straddles = (a[:, 1] > point[1]) != (b[:, 1] > point[1])
+    t = (point[1] - a[:, 1]) / np.where(straddles, b[:, 1] - a[:, 1], 1.0)
+    x = a[:, 0] + t * (b[:, 0] - a[:, 0])
+    return bool((straddles & (x > point[0])).sum() % 2)

@@ -28,14 +28,15 @@ class Fragments:
         return np.einsum("pk,pkc->pc", self.bary, corner_values[self.face])
 
 
-def cover(xy: np.ndarray, size: int, *, conservative: bool = False, depth: np.ndarray | None = None) -> Fragments:
+def cover(xy: np.ndarray, size: int, *, conservative: bool = False, depth: np.ndarray | None = None,
+          every: bool = False) -> Fragments:
     """The pixels of a size x size image covered by triangles xy [F, 3, 2] (pixel units).
 
     Default: pixels whose centre lies inside. `conservative`: every pixel a triangle touches
     at all; its sample point is its centre moved onto the triangle. Where triangles overlap, a
     pixel goes to the nearest one when `depth` [F, 3] (distance along the view axis, > 0) is
     given, and then its barycentrics are perspective-correct; otherwise to the triangle
-    holding its centre (or nearest to it).
+    holding its centre (or nearest to it). `every`: all (pixel, triangle) pairs, overlaps kept.
 
     Triangles are grouped by the size of their pixel bounding box (powers of two), and each
     group is tested against all pixels of its boxes at once: tens of thousands of small
@@ -67,6 +68,8 @@ def cover(xy: np.ndarray, size: int, *, conservative: bool = False, depth: np.nd
         empty = np.zeros(0, np.int64)
         return Fragments(empty, empty, empty, np.zeros((0, 3), np.float32))
     rows, cols, face, bary = (np.concatenate(parts) for parts in zip(*found))
+    if every:
+        return Fragments(rows, cols, face, bary.astype(np.float32))
     if depth is not None:   # perspective-correct: 1 / depth is linear in screen space
         inverse = bary / depth[face]
         score = inverse.sum(-1)                       # 1 / depth at the pixel: nearest is largest

@@ -88,7 +88,9 @@ class Refiner:
         self.background = Background(trainer.background.mode).to(self.device)
         self.background.load_state_dict(trainer.background.state_dict())
         self.generator = torch.Generator().manual_seed(self.config.train.seed + 1)
-        groups = [{"params": [self.surface.sdf], "lr": r.lr_sdf}, {"params": [*self.surface.levels], "lr": r.lr_levels}, {"params": [self.surface.deform], "lr": r.lr_deform},
+        groups = [{"params": [self.surface.sdf], "lr": r.lr_sdf},
+                  {"params": [*self.surface.levels], "lr": r.lr_levels},
+                  {"params": [self.surface.deform], "lr": r.lr_deform},
                   {"params": [self.field.planes], "lr": r.lr_texture},
                   {"params": self.field.mlp.parameters(), "lr": 0.2 * r.lr_texture}]
         if self.background.mode == "learned":
