@@ -135,3 +135,18 @@ def test_a_thin_legged_table_rendered_in_blender_keeps_its_legs(tmp_path):
     vertices = np.asarray(mesh.vertices) + np.asarray(run["anchor"])    # back in the scene's frame
     for z in (-0.25, -0.05, 0.15):
         assert parts_in_slice(vertices, np.asarray(mesh.faces), z) == 4, z
+
+
+def test_a_surface_through_the_nodes_is_still_wound_outwards():
+    """Distances of zero at the nodes of a grid plane put triangles' corners together (no
+    area, so no normal of their own), and offsets tilt the tetrahedra: winding comes from the
+    undeformed grid, and stays consistent."""
+    surface = box_dmtet()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        surface.sdf.copy_(surface.grid.positions.abs().amax(-1) - 0.5)      # the faces on node planes
+        surface.deform.copy_(3 * torch.randn(surface.deform.shape, generator=generator))
+    mesh = surface.mesh()
+    solid = trimesh.Trimesh(mesh.vertices.detach().numpy(), mesh.faces.numpy(), process=False)
+    solid.merge_vertices()
+    assert solid.is_winding_consistent and solid.volume > 0

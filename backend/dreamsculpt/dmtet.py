@@ -105,10 +105,16 @@ class TriangleMesh:
         return torch.nn.functional.normalize(total, dim=-1)
 
 
-def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) -> TriangleMesh:
+def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
+                  reference: torch.Tensor | None = None) -> TriangleMesh:
     """The zero level of `sdf` [V] (negative inside) over tetrahedra `tets` [T, 4] of nodes at
     `positions` [V, 3]: a closed mesh whose vertices lie on the edges where the sign changes,
-    at the linear interpolation's zero (differentiable in positions and sdf)."""
+    at the linear interpolation's zero (differentiable in positions and sdf).
+
+    Winding is decided on `reference` node positions (default: `positions`; the undeformed
+    grid, whose tetrahedra are never flat) from the middles of the cut edges: a vertex's own
+    position can sit on a corner (a distance of zero) and leave its triangle without area,
+    and so without a sign."""
     with torch.no_grad():
         inside = sdf[tets] < 0                                                   # [T, 4]
         code = (inside.long() << torch.arange(4, device=tets.device)).sum(-1)
@@ -131,10 +137,11 @@ def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
     vertices = (positions[a] * sb - positions[b] * sa) / (sb - sa)
     with torch.no_grad():
         # Wind every triangle so that its normal points from the inside corners to the outside.
-        corner = positions[tets[owner]]                                          # [F, 4, 3]
+        reference = positions if reference is None else reference
+        corner = reference[tets[owner]]                                          # [F, 4, 3]
         ins = inside[owner].float()[..., None]
         direction = (corner * (1 - ins)).sum(1) / (1 - ins).sum(1) - (corner * ins).sum(1) / ins.sum(1)
-        v = vertices[faces]
+        v = (0.5 * (reference[a] + reference[b]))[faces]
         normal = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
         flip = (normal * direction).sum(-1) < 0
         faces = torch.where(flip[:, None], faces[:, [0, 2, 1]], faces)
@@ -175,4 +182,5 @@ class DMTet(nn.Module):
         return torch.where(self.frozen, self.initial, self.sdf + coarse)
 
     def mesh(self) -> TriangleMesh:
-        return marching_tets(self.positions(), self.distances(), self.grid.tets.to(self.sdf.device))
+        return marching_tets(self.positions(), self.distances(), self.grid.tets.to(self.sdf.device),
+                             self.grid.positions.to(self.sdf.device))
