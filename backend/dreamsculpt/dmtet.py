@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .rasterizer import Topology
 
 #: The six tetrahedra of a cube, as corner numbers (bit 0: +x, bit 1: +y, bit 2: +z): the
 #: monotone paths from corner 0 to corner 7.
@@ -90,6 +93,11 @@ class TriangleMesh:
 
     vertices: torch.Tensor
     faces: torch.Tensor
+
+    @cached_property
+    def topology(self) -> Topology:
+        """Its edges (computed once: the render and the regularisers of a step share them)."""
+        return Topology.of(self.faces, len(self.vertices))
 
     def face_normals(self) -> torch.Tensor:
         """[F, 3] unit normals."""

@@ -13,12 +13,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from .callbacks import Callbacks, Progress
 from .cameras import Cameras
-from .config import CameraConfig, RunConfig, ShadingConfig
+from .config import CameraConfig, RunConfig, ShadingConfig, TrainConfig
 from .errors import CancelledError, DreamsculptError, NonFiniteError
 from .fields import OccupancyGrid, TriplaneField
 from .guidance.base import Guidance
@@ -181,30 +182,7 @@ class Trainer:
 
     def run(self) -> TriplaneField:
         """Optimise until `config.train.steps`; resumes from `self.step_index`."""
-        total = self.config.train.steps
-        start, first = time.perf_counter(), self.step_index
-        every = self.config.train
-        preview_seconds = 0.0
-        while self.step_index < total:
-            if self.callbacks.should_cancel and self.callbacks.should_cancel():
-                self.save_checkpoint()
-                raise CancelledError(f"Cancelled at step {self.step_index} of {total}; "
-                                     "run again with --resume to continue.")
-            loss = self.train_step()
-            self.loss_ema = loss if self.step_index == first + 1 else 0.9 * self.loss_ema + 0.1 * loss
-            elapsed = time.perf_counter() - start
-            eta = elapsed / (self.step_index - first) * (total - self.step_index)
-            if self.callbacks.on_progress:
-                self.callbacks.on_progress(Progress(self.step_index, total, self.loss_ema, elapsed, eta))
-            # A preview is due every preview_every steps, unless previews already took more than
-            # their share of the time (a 128 px render costs ~8 CPU steps); the last always comes.
-            due = self.step_index % every.preview_every == 0 and preview_seconds <= every.preview_budget * elapsed
-            if self.callbacks.on_preview and (due or self.step_index == total):
-                tick = time.perf_counter()
-                self.callbacks.on_preview(self.step_index, self.preview_image())
-                preview_seconds += time.perf_counter() - tick
-            if every.checkpoint_every and self.step_index % every.checkpoint_every == 0 and self.step_index < total:
-                self.save_checkpoint()
+        run_steps(self, self.config.train.steps, self.config.train, "optimising", "step")
         return self.field
 
     @torch.no_grad()
@@ -225,18 +203,11 @@ class Trainer:
                 "config": self.config.to_dict()}
 
     def save_checkpoint(self) -> None:
-        """Atomically write the checkpoint (a crash mid-write leaves the previous one intact)."""
-        if self.checkpoint_path is None:
-            return
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, self.checkpoint_path)
+        if self.checkpoint_path is not None:
+            save_atomically(self.state_dict(), self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-            raise DreamsculptError(f"Cannot read checkpoint {path}: {exc}. Start without --resume.") from exc
+        state = read_checkpoint(path, self.device)
         saved = RunConfig.from_dict(state["config"])
         if saved.field != self.config.field or saved.render.occupancy_resolution != self.config.render.occupancy_resolution:
             raise DreamsculptError(f"Checkpoint {path} was made with different field settings; "
@@ -247,3 +218,59 @@ class Trainer:
         self.occupancy.load_state_dict(state["occupancy"])
         self.generator.set_state(state["generator"])
         self.step_index = state["step"]
+
+
+class Steps(Protocol):
+    """What `run_steps` drives: the coarse stage's Trainer and the fine stage's Refiner."""
+
+    step_index: int
+    loss_ema: float
+    callbacks: Callbacks
+
+    def train_step(self) -> float: ...
+
+    def preview_image(self) -> torch.Tensor: ...
+
+    def save_checkpoint(self) -> None: ...
+
+
+def run_steps(owner: Steps, total: int, every: TrainConfig, stage: str, step_name: str) -> None:
+    """Step `owner` from its step_index to `total`: cancel (after a checkpoint) between steps,
+    report progress as `stage`, hand out previews and write checkpoints as `every` says."""
+    callbacks = owner.callbacks
+    start, first = time.perf_counter(), owner.step_index
+    preview_seconds = 0.0
+    while owner.step_index < total:
+        if callbacks.should_cancel and callbacks.should_cancel():
+            owner.save_checkpoint()
+            raise CancelledError(f"Cancelled at {step_name} {owner.step_index} of {total}; "
+                                 "run again with --resume to continue.")
+        loss = owner.train_step()
+        owner.loss_ema = loss if owner.step_index == first + 1 else 0.9 * owner.loss_ema + 0.1 * loss
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (owner.step_index - first) * (total - owner.step_index)
+        if callbacks.on_progress:
+            callbacks.on_progress(Progress(owner.step_index, total, owner.loss_ema, elapsed, eta, stage))
+        # A preview is due every preview_every steps, unless previews already took more than
+        # their share of the time (a 128 px render costs ~8 CPU steps); the last always comes.
+        due = owner.step_index % every.preview_every == 0 and preview_seconds <= every.preview_budget * elapsed
+        if callbacks.on_preview and (due or owner.step_index == total):
+            tick = time.perf_counter()
+            callbacks.on_preview(owner.step_index, owner.preview_image())
+            preview_seconds += time.perf_counter() - tick
+        if every.checkpoint_every and owner.step_index % every.checkpoint_every == 0 and owner.step_index < total:
+            owner.save_checkpoint()
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """torch.save through a temporary file: a crash mid-write leaves the previous one intact."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise DreamsculptError(f"Cannot read checkpoint {path}: {exc}. Start without --resume.") from exc

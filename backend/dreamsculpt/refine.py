@@ -15,7 +15,6 @@ through `rasterizer.antialias`.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -24,13 +23,20 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .callbacks import Callbacks, Progress
+from .callbacks import Callbacks
 from .cameras import Cameras, generate_rays
 from .dmtet import DMTet, TetGrid, TriangleMesh
-from .errors import CancelledError, DreamsculptError, NonFiniteError
+from .errors import DreamsculptError, NonFiniteError
 from .mesh import Surface, auto_threshold, surface_at
-from .optimize import Trainer, light_near, sample_cameras
-from .rasterizer import Topology, antialias, rasterize, to_screen
+from .optimize import (
+    Trainer,
+    light_near,
+    read_checkpoint,
+    run_steps,
+    sample_cameras,
+    save_atomically,
+)
+from .rasterizer import antialias, rasterize, to_screen
 from .rendering import SHADING_MODES, Background, shade
 
 #: The refinement's checkpoint in a mesh kind's output folder, beside the field's.
@@ -108,7 +114,7 @@ class Refiner:
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(rgb [B, 3, S, S] over the background, opacity [B, 1, S, S], the solid background
         colours [B, 3] or None) of `mesh` textured by the field's albedo."""
-        topology = Topology.of(mesh.faces, len(mesh.vertices))
+        topology = mesh.topology
         screen = to_screen(mesh.vertices, cameras, size)
         raster = rasterize(screen, mesh.faces)
         # The texture follows the surface; the surface answers to the silhouettes and the
@@ -183,24 +189,7 @@ class Refiner:
 
     def run(self) -> Surface:
         """Refine until `config.refine.steps` (from `self.step_index`); the closed surface."""
-        total = self.config.refine.steps
-        started, first = time.perf_counter(), self.step_index
-        every = self.config.train
-        while self.step_index < total:
-            if self.callbacks.should_cancel and self.callbacks.should_cancel():
-                self.save_checkpoint()
-                raise CancelledError(f"Cancelled at refinement step {self.step_index} of {total}; "
-                                     "run again with --resume to continue.")
-            loss = self.train_step()
-            self.loss_ema = loss if self.step_index == first + 1 else 0.9 * self.loss_ema + 0.1 * loss
-            elapsed = time.perf_counter() - started
-            eta = elapsed / (self.step_index - first) * (total - self.step_index)
-            if self.callbacks.on_progress:
-                self.callbacks.on_progress(Progress(self.step_index, total, self.loss_ema, elapsed, eta, "refining"))
-            if self.callbacks.on_preview and (self.step_index % every.preview_every == 0 or self.step_index == total):
-                self.callbacks.on_preview(self.step_index, self.preview_image())
-            if every.checkpoint_every and self.step_index % every.checkpoint_every == 0 and self.step_index < total:
-                self.save_checkpoint()
+        run_steps(self, self.config.refine.steps, self.config.train, "refining", "refinement step")
         return self.result()
 
     @torch.no_grad()
@@ -246,20 +235,13 @@ class Refiner:
                 "refine": self.config.to_dict()["refine"]}
 
     def save_checkpoint(self) -> None:
-        """Atomically, as the coarse stage does (a crash mid-write keeps the previous one)."""
-        if self.checkpoint_path is None:
-            return
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, self.checkpoint_path)
+        if self.checkpoint_path is not None:
+            save_atomically(self.state_dict(), self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> bool:
         """Continue from `path` when it belongs to this coarse field and these refinement
         settings (steps aside); False (and a fresh start) otherwise."""
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-            raise DreamsculptError(f"Cannot read checkpoint {path}: {exc}. Start without --resume.") from exc
+        state = read_checkpoint(path, self.device)
         settings = {k: v for k, v in state["refine"].items() if k != "steps"}
         ours = {k: v for k, v in self.config.to_dict()["refine"].items() if k != "steps"}
         if state["coarse_steps"] != self.coarse_steps or settings != ours:
@@ -284,14 +266,14 @@ def normal_consistency(mesh: TriangleMesh, per: int | None = None) -> torch.Tens
     (its faces bulged outwards as its edges sank); a linear one costs a turn the same however it
     is spread and flattens small bumps hardest (measured in bench/bench_refine.py)."""
     normals = mesh.face_normals()
-    pairs = Topology.of(mesh.faces, len(mesh.vertices)).face_pairs
+    pairs = mesh.topology.face_pairs
     bend = (1.0 - (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1)).clamp_min(0.0)
     return torch.sqrt(bend + 1e-8).sum() / (per or max(len(pairs), 1))
 
 
 def laplacian(mesh: TriangleMesh, cell: float) -> torch.Tensor:
     """Mean squared offset of each vertex from the mean of its neighbours, in cells^2."""
-    edges = Topology.of(mesh.faces, len(mesh.vertices)).edges
+    edges = mesh.topology.edges
     v = mesh.vertices
     total = torch.zeros_like(v).index_add(0, edges[:, 0], v[edges[:, 1]]).index_add(0, edges[:, 1], v[edges[:, 0]])
     degree = torch.zeros(len(v), device=v.device).index_add(0, edges.reshape(-1), torch.ones(edges.numel(), device=v.device))
