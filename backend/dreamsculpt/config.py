@@ -122,6 +122,8 @@ class RefineConfig:
     lr_deform: float = 1e-2         # ... and for the offsets (tanh space: 0.45 cell at saturation)
     lr_texture: float = 5e-3        # the coarse field's planes (its MLP at a fifth): the albedo
     lambda_normal: float = 0.02     # normal consistency across edges (refine.normal_consistency)
+    lambda_area: float = 0.015      # surface area over the starting surface's (refine.surface_area):
+                                    # what flattens faces the silhouettes do not see
     lambda_laplacian: float = 0.0   # uniform Laplacian of the vertices (per cell^2); off: at 0.1 it
                                     # pulled the cube's vertices to the middle of the grid's edges
 
