@@ -9,7 +9,7 @@ distance and normal consistency against 50k true surface samples, and the share 
 within 5° of an axis (the cube's flat faces).
 
     .venv/bin/python bench/bench_refine.py                               # part 1
-    .venv/bin/python bench/bench_refine.py --shapes cube --refine 200    # + part 2 for the cube
+    .venv/bin/python bench/bench_refine.py --shapes cube --refine 800    # + part 2 for the cube
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def refine_shape(shape: str, preset: str, steps: int) -> list[list]:
     refined = score(shape, refined_surface.vertices, refined_surface.faces, truth)
     phases = refiner.ms_per_step()
     split = " / ".join(f"{phases[k]:.0f}" for k in ("extract", "render", "guidance", "backward"))
-    row = lambda name, s, seconds, per_step: [shape, name, f"{s['iou']:.3f}", f"{s['chamfer']:.4f}",  # noqa: E731
+    row = lambda name, s, seconds, per_step: [shape, name, f"{s['iou']:.4f}", f"{s['chamfer']:.4f}",  # noqa: E731
                                               f"{s['nc']:.3f}", f"{s['axis5']:.3f}", s["faces"], f"{seconds:.0f}",
                                               per_step]
     return [row("coarse", coarse, coarse_seconds + mesh_seconds, "-"),
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", choices=SHAPES, default=[], metavar="SHAPE")
     parser.add_argument("--preset", default="standard")
-    parser.add_argument("--refine", type=int, default=200, metavar="STEPS")
+    parser.add_argument("--refine", type=int, default=800, metavar="STEPS")
     args = parser.parse_args(argv)
     version = code_version()
     with OtherCpuUse() as others:

@@ -1,6 +1,6 @@
 """The demo through Blender: the add-on, headless, makes "a red cube" and renders it.
 
-    python scripts/blender_demo.py [--out out] [--preset standard] [--refine 200] [--samples 32]
+    python scripts/blender_demo.py [--out out] [--preset standard] [--refine 600] [--samples 32]
     python scripts/blender_demo.py --mode camera [--preset preview]
 
 `--mode camera` shows "Camera image -> 3D" instead: the default cube, moved off the origin, is
@@ -33,8 +33,8 @@ def main() -> int:
     parser.add_argument("--prompt", default="a red cube")
     parser.add_argument("--preset", default="standard", choices=("preview", "standard", "high"))
     parser.add_argument("--samples", type=int, default=32, help="Cycles samples")
-    parser.add_argument("--refine", type=int, default=200, metavar="STEPS",
-                        help="text mode: mesh refinement steps after the field (0: off; default 200)")
+    parser.add_argument("--refine", type=int, default=600, metavar="STEPS",
+                        help="text mode: mesh refinement steps after the field (0: off; default 600)")
     parser.add_argument("--mode", default="text", choices=("text", "camera"),
                         help="text: the prompt -> 3D (default); camera: the camera's picture of a cube -> 3D")
     args = parser.parse_args()
