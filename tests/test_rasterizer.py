@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import trimesh
-from dreamsculpt.cameras import Cameras
+from dreamsculpt.cameras import Cameras, Pinhole
 from dreamsculpt.rasterizer import Screen, Topology, antialias, rasterize, to_screen
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -63,6 +63,25 @@ def test_the_nearest_of_overlapping_triangles_wins():
     face = raster.face[0]
     assert face[2, 3] == 1 and face[0, 0] == 0 and face[11, 11] == -1
     assert torch.allclose(raster.depth[raster.face.reshape(-1)[raster.pixels] == 1], torch.tensor(3.0, dtype=torch.float64))
+
+
+def test_a_wide_pinhole_image_is_the_middle_of_the_square_one_with_the_same_focal_length():
+    """A Blender-like 48 x 32 camera (any aspect) sees what the 48 x 48 camera with the same
+    focal length and centre sees, less 8 rows at the top and bottom; its depths unproject back
+    onto the cube's front face."""
+    box = trimesh.creation.box((1.0, 1.0, 1.0))
+    vertices, faces = torch.tensor(box.vertices, dtype=torch.float32), torch.tensor(box.faces)
+    c2w = Cameras.from_orbit(-80.0, 15.0, 3.0, 40.0).c2w
+    focal = torch.tensor([40.0])
+    square = Pinhole(c2w, focal, torch.tensor([[24.0, 24.0]]), 48, 48)
+    wide = Pinhole(c2w, focal, torch.tensor([[24.0, 16.0]]), 48, 32)
+    face_square = rasterize(to_screen(vertices, square), faces).face
+    raster = rasterize(to_screen(vertices, wide), faces)
+    assert raster.face.shape == (1, 32, 48)
+    assert torch.equal(raster.face, face_square[:, 8:40])
+    depth = raster.image(raster.depth[:, None], float("nan"))[..., 0]
+    points = wide.unproject(depth)[raster.face >= 0]
+    assert torch.allclose(points.abs().amax(-1), torch.tensor(0.5), atol=1e-4)   # on the cube's surface
 
 
 @pytest.mark.parametrize("device", DEVICES)

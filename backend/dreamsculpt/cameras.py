@@ -60,6 +60,64 @@ class Cameras:
 
 
 @dataclass
+class Pinhole:
+    """A batch of B pinhole cameras of one width x height image size (a Blender camera as it
+    renders: any aspect, lens shift as an off-centre principal point).
+
+    c2w: [B, 4, 4] camera-to-world (rotation orthonormal). focal: [B] pixels. centre: [B, 2]
+    the principal point (column, row) in pixels from the top-left corner.
+    """
+
+    c2w: torch.Tensor
+    focal: torch.Tensor
+    centre: torch.Tensor
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def position(self) -> torch.Tensor:
+        """[B, 3] camera centres in world space."""
+        return self.c2w[:, :3, 3]
+
+    @property
+    def forward(self) -> torch.Tensor:
+        """[B, 3] unit viewing directions (the camera's -Z)."""
+        return -self.c2w[:, :3, 2]
+
+    def to(self, device: torch.device | str) -> "Pinhole":
+        return Pinhole(self.c2w.to(device), self.focal.to(device), self.centre.to(device), self.width, self.height)
+
+    def __getitem__(self, index) -> "Pinhole":
+        pick = lambda t: t[index].reshape(-1, *t.shape[1:])  # noqa: E731
+        return Pinhole(pick(self.c2w), pick(self.focal), pick(self.centre), self.width, self.height)
+
+    def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """World points [N, 3] -> (pixels [B, N, 2] as (column, row), depth [B, N] along the
+        viewing axis, positive in front)."""
+        rotation, position = self.c2w[:, :3, :3], self.c2w[:, :3, 3]
+        cam = torch.einsum("bji,bnj->bni", rotation, points[None] - position[:, None])   # R^T (p - t)
+        depth = -cam[..., 2]
+        focal = self.focal[:, None]
+        col = cam[..., 0] / depth * focal + self.centre[:, None, 0]
+        row = -cam[..., 1] / depth * focal + self.centre[:, None, 1]
+        return torch.stack([col, row], -1), depth
+
+    def unproject(self, depth: torch.Tensor) -> torch.Tensor:
+        """View depths [B, H, W] (along the viewing axis) -> world points [B, H, W, 3] at the
+        pixel centres."""
+        rows, cols = torch.meshgrid(torch.arange(self.height, dtype=depth.dtype, device=depth.device),
+                                    torch.arange(self.width, dtype=depth.dtype, device=depth.device), indexing="ij")
+        focal = self.focal[:, None, None]
+        x = (cols + 0.5 - self.centre[:, None, None, 0]) / focal
+        y = -(rows + 0.5 - self.centre[:, None, None, 1]) / focal
+        local = torch.stack([x, y, -torch.ones_like(x)], -1) * depth[..., None]
+        return torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], local) + self.position[:, None, None]
+
+
+@dataclass
 class Rays:
     """Rays of a batch of images. origins, directions: [..., 3]; directions are unit length."""
 

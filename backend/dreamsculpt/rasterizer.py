@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cameras import Cameras, project
+from .cameras import Cameras, Pinhole, project
 
 #: Pixels times candidate triangles tested at once (bounds the coverage pass's memory: ~30 bytes each).
 CHUNK = 1 << 21
@@ -43,16 +43,25 @@ SILHOUETTE_SLACK = 0.02
 
 @dataclass
 class Screen:
-    """Vertices seen by a batch of B cameras. xy: [B, V, 2] pixels (col, row); depth: [B, V]
-    along the viewing axis. Both differentiable in the world positions."""
+    """Vertices seen by a batch of B cameras of width x height pixels (height 0: square).
+    xy: [B, V, 2] pixels (col, row); depth: [B, V] along the viewing axis. Both differentiable
+    in the world positions."""
 
     xy: torch.Tensor
     depth: torch.Tensor
-    size: int
+    width: int
+    height: int = 0
+
+    def __post_init__(self) -> None:
+        self.height = self.height or self.width
 
 
-def to_screen(vertices: torch.Tensor, cameras: Cameras, size: int) -> Screen:
-    """World vertices [V, 3] -> their pixel positions and depths in each of `cameras`."""
+def to_screen(vertices: torch.Tensor, cameras: Cameras | Pinhole, size: int | None = None) -> Screen:
+    """World vertices [V, 3] -> their pixel positions and depths in each of `cameras`: square
+    orbit Cameras at `size` pixels, or Pinhole cameras at their own width x height."""
+    if isinstance(cameras, Pinhole):
+        xy, depth = cameras.to(vertices.device).project(vertices)
+        return Screen(xy, depth, cameras.width, cameras.height)
     xy, depth = project(vertices, cameras.to(vertices.device), size)
     return Screen(xy, depth, size)
 
@@ -85,10 +94,10 @@ class Topology:
 
 @dataclass
 class Raster:
-    """What each pixel of B images of S x S sees.
+    """What each pixel of B images of H x W sees.
 
-    face: [B, S, S] int64 triangle id, -1 where no triangle is. bary: [P, 3] perspective-correct
-    barycentrics of the covered pixels (in the order of `pixels`, flat indices into B * S * S),
+    face: [B, H, W] int64 triangle id, -1 where no triangle is. bary: [P, 3] perspective-correct
+    barycentrics of the covered pixels (in the order of `pixels`, flat indices into B * H * W),
     differentiable in the screen positions; depth: [P] view depth there (differentiable).
     """
 
@@ -100,7 +109,7 @@ class Raster:
 
     @property
     def mask(self) -> torch.Tensor:
-        """[B, S, S, 1] float: 1 where a triangle is."""
+        """[B, H, W, 1] float: 1 where a triangle is."""
         return (self.face >= 0).to(self.bary.dtype)[..., None]
 
     def interpolate(self, attributes: torch.Tensor) -> torch.Tensor:
@@ -109,8 +118,8 @@ class Raster:
         return (self.bary[..., None] * corners).sum(1)
 
     def image(self, values: torch.Tensor, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """Per covered pixel values [P, C] -> [B, S, S, C], `fill` elsewhere (a number, or a
-        [B, S, S, C] image); differentiable in both."""
+        """Per covered pixel values [P, C] -> [B, H, W, C], `fill` elsewhere (a number, or a
+        [B, H, W, C] image); differentiable in both."""
         shape = (*self.face.shape, values.shape[-1])
         if isinstance(fill, torch.Tensor):
             base = fill.reshape(-1, values.shape[-1])
@@ -128,28 +137,28 @@ def rasterize(screen: Screen, faces: torch.Tensor, cull_back: bool = True) -> Ra
     """The nearest triangle at every pixel centre and its barycentrics there.
 
     cull_back: skip triangles facing away (a closed mesh seen from outside loses nothing)."""
-    size = screen.size
+    W, H = screen.width, screen.height
     B = screen.xy.shape[0]
-    face = torch.stack([_nearest(screen.xy[b].detach(), screen.depth[b].detach(), faces, size, cull_back)
+    face = torch.stack([_nearest(screen.xy[b].detach(), screen.depth[b].detach(), faces, W, H, cull_back)
                         for b in range(B)])
     pixels = (face.reshape(-1) >= 0).nonzero()[:, 0]
-    batch, rest = pixels // (size * size), pixels % (size * size)
-    centre = torch.stack([rest % size, rest // size], -1).to(screen.xy.dtype) + 0.5
+    batch, rest = pixels // (W * H), pixels % (W * H)
+    centre = torch.stack([rest % W, rest // W], -1).to(screen.xy.dtype) + 0.5
     tri = faces[face.reshape(-1)[pixels]]                                       # [P, 3]
     corners = screen.xy[batch[:, None], tri]                                    # [P, 3, 2]
     depth = screen.depth[batch[:, None], tri]                                   # [P, 3]
     weights = _barycentric(corners, centre) / depth                             # perspective correction
     total = weights.sum(-1, keepdim=True)
-    return Raster(face.reshape(B, size, size), pixels, weights / total, 1.0 / total[:, 0], faces)
+    return Raster(face.reshape(B, H, W), pixels, weights / total, 1.0 / total[:, 0], faces)
 
 
 def antialias(image: torch.Tensor, raster: Raster, screen: Screen, topology: Topology) -> torch.Tensor:
-    """`image` [B, S, S, C] (shaded and composited over its background) with the mesh's
+    """`image` [B, H, W, C] (shaded and composited over its background) with the mesh's
     visible silhouette edges blended into the pixels they cross, differentiably in the
     edges' screen positions."""
-    B, S = raster.face.shape[:2]
-    flat = image.reshape(B * S * S, -1)
-    depth = torch.full((B * S * S,), float("inf"), device=flat.device, dtype=raster.depth.dtype)
+    B, H, W = raster.face.shape
+    flat = image.reshape(B * H * W, -1)
+    depth = torch.full((B * H * W,), float("inf"), device=flat.device, dtype=raster.depth.dtype)
     depth[raster.pixels] = raster.depth.detach()
     front = facing(screen, raster.faces)                                       # [B, F]
     delta = torch.zeros_like(flat)
@@ -180,15 +189,16 @@ def _barycentric(corners: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return edges / edges.sum(-1, keepdim=True)
 
 
-def _nearest(xy: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor, size: int, cull_back: bool) -> torch.Tensor:
-    """[S * S] id of the nearest triangle covering each pixel centre, -1 for none (no gradient)."""
+def _nearest(xy: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor, W: int, H: int,
+             cull_back: bool) -> torch.Tensor:
+    """[H * W] id of the nearest triangle covering each pixel centre, -1 for none (no gradient)."""
     corners, z = xy[faces], depth[faces]                                        # [F, 3, 2], [F, 3]
     area = _signed_area(corners)
     keep = (z > NEAR).all(1) & (area != 0)
     if cull_back:
         keep &= area < 0
     lo = torch.ceil(corners.amin(1) - 0.5).clamp_min(0)
-    hi = torch.floor(corners.amax(1) - 0.5).clamp_max(size - 1)
+    hi = torch.minimum(torch.floor(corners.amax(1) - 0.5), corners.new_tensor([W - 1, H - 1]))
     keep &= (hi >= lo).all(1)
     ids = keep.nonzero()[:, 0]
     lo, hi = lo[ids].long(), hi[ids].long()
@@ -197,18 +207,18 @@ def _nearest(xy: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor, size: i
     # test the same number of candidate pixels.
     bits = torch.ceil(torch.log2(span.float())).long()
     group = bits[:, 0] * 64 + bits[:, 1]
-    best = torch.full((size * size,), _NONE, dtype=torch.int64, device=xy.device)
+    best = torch.full((W * H,), _NONE, dtype=torch.int64, device=xy.device)
     for key in torch.unique(group).tolist():
         members = (group == key).nonzero()[:, 0]
         width, height = 1 << (key // 64), 1 << (key % 64)
         step = max(CHUNK // (width * height), 1)
         for chunk in members.split(step):
-            _cover(best, ids[chunk], lo[chunk], hi[chunk], width, height, corners, z, size)
+            _cover(best, ids[chunk], lo[chunk], hi[chunk], width, height, corners, z, W)
     return torch.where(best == _NONE, -1, best & 0xFFFFFFFF)
 
 
 def _cover(best: torch.Tensor, ids: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, width: int, height: int,
-           corners: torch.Tensor, z: torch.Tensor, size: int) -> None:
+           corners: torch.Tensor, z: torch.Tensor, row_length: int) -> None:
     """Scatter (depth, id) keys of triangles `ids` into `best` over their boxes [lo, hi]."""
     device = best.device
     dx = torch.arange(width, device=device).repeat(height)
@@ -221,7 +231,7 @@ def _cover(best: torch.Tensor, ids: torch.Tensor, lo: torch.Tensor, hi: torch.Te
     depth = 1.0 / (bary / z[ids][:, None]).sum(-1)
     n, k = inside.nonzero(as_tuple=True)
     key = (depth[n, k].float().view(torch.int32).long() << 32) | ids[n]
-    best.scatter_reduce_(0, rows[n, k] * size + cols[n, k], key, "amin")
+    best.scatter_reduce_(0, rows[n, k] * row_length + cols[n, k], key, "amin")
 
 
 # --- Silhouettes --------------------------------------------------------------------------------
@@ -238,7 +248,7 @@ def _silhouettes(front: torch.Tensor, faces: torch.Tensor, topology: Topology) -
 
 def _edge_blend(flat: torch.Tensor, depth: torch.Tensor, screen: Screen, raster: Raster, edges: torch.Tensor,
                 b: int, axis: int) -> torch.Tensor:
-    """The blends [B * S * S, C] where silhouette `edges` of image b cross the segments between
+    """The blends [B * H * W, C] where silhouette `edges` of image b cross the segments between
     the centres of neighbouring pixels along `axis` (1: a row's neighbours, 0: a column's).
 
     Each crossing at distance t (pixels) from the centre on the mesh's side: past the midpoint
@@ -246,9 +256,10 @@ def _edge_blend(flat: torch.Tensor, depth: torch.Tensor, screen: Screen, raster:
     one by that much; short of it, the near pixel is blended towards the far one by 1/2 - t.
     Only where the edge is what the pixels show: the near pixel sees the surface at the edge's
     depth, the far one something behind it or nothing."""
-    S = raster.face.shape[1]
+    H, W = raster.face.shape[1:]
     xy, z = screen.xy[b], screen.depth[b].detach()
     along, across = (0, 1) if axis == 1 else (1, 0)          # crossing lines: constant `across` coordinate
+    lines, span = (H, W) if axis == 1 else (W, H)            # how many lines; pixels along each
     # Each edge blends along one axis only, the one it is more perpendicular to (counted along
     # both, a diagonal outline would be blended twice and drawn a fifth of a pixel thin).
     steep = (xy[edges[:, 1]] - xy[edges[:, 0]]).detach().abs()
@@ -257,7 +268,7 @@ def _edge_blend(flat: torch.Tensor, depth: torch.Tensor, screen: Screen, raster:
     lo = torch.minimum(p0[:, across], p1[:, across]).detach()
     hi = torch.maximum(p0[:, across], p1[:, across]).detach()
     first = torch.ceil(lo - 0.5).clamp_min(0)
-    count = (torch.floor(hi - 0.5).clamp_max(S - 1) - first + 1).clamp_min(0).long()
+    count = (torch.floor(hi - 0.5).clamp_max(lines - 1) - first + 1).clamp_min(0).long()
     which = torch.repeat_interleave(torch.arange(len(edges), device=xy.device), count)
     line = first[which].long() + torch.arange(len(which), device=xy.device) - \
         torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
@@ -265,16 +276,16 @@ def _edge_blend(flat: torch.Tensor, depth: torch.Tensor, screen: Screen, raster:
     u = (line.to(xy.dtype) + 0.5 - a[:, across]) / (c[:, across] - a[:, across])
     cross = a[:, along] + u * (c[:, along] - a[:, along])        # where the edge crosses the line
     left = torch.floor(cross.detach() - 0.5).long()
-    keep = (left >= 0) & (left + 1 < S)
+    keep = (left >= 0) & (left + 1 < span)
     # The mesh's side: the one holding the face's far corner.
     side = lambda q: (c[:, 0] - a[:, 0]) * (q[:, 1] - a[:, 1]) - (c[:, 1] - a[:, 1]) * (q[:, 0] - a[:, 0])  # noqa: E731
     centre = torch.zeros_like(a)
     centre[:, along], centre[:, across] = left.to(xy.dtype) + 0.5, line.to(xy.dtype) + 0.5
     left_inside = (side(centre.detach()) * side(opposite[which])) > 0
     t = torch.where(left_inside, cross - (left + 0.5), (left + 1.5) - cross)
-    pixel = lambda k: b * S * S + (line * S + k if axis == 1 else k * S + line)  # noqa: E731
-    near = pixel(torch.where(left_inside, left, left + 1).clamp(0, S - 1))
-    far = pixel(torch.where(left_inside, left + 1, left).clamp(0, S - 1))
+    pixel = lambda k: b * H * W + (line * W + k if axis == 1 else k * W + line)  # noqa: E731
+    near = pixel(torch.where(left_inside, left, left + 1).clamp(0, span - 1))
+    far = pixel(torch.where(left_inside, left + 1, left).clamp(0, span - 1))
     edge_depth = (z[edges[which, 0]] + u.detach().clamp(0, 1) * (z[edges[which, 1]] - z[edges[which, 0]]))
     slack = SILHOUETTE_SLACK * edge_depth
     keep &= (depth[near] >= edge_depth - slack) & (depth[near] < float("inf")) & (depth[far] > edge_depth + slack)
