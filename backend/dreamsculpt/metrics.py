@@ -185,3 +185,40 @@ def _inside(point: np.ndarray, loop: np.ndarray) -> bool:
     t = (point[1] - a[:, 1]) / np.where(straddles, b[:, 1] - a[:, 1], 1.0)
     x = a[:, 0] + t * (b[:, 0] - a[:, 0])
     return bool((straddles & (x > point[0])).sum() % 2)
+
+
+def seen_surface(vertices: np.ndarray, faces: np.ndarray, cameras, count: int, seed: int = 0,
+                 tolerance: float = 0.01) -> np.ndarray:
+    """[K, 3] of `count` area-uniform samples of a mesh, those that some camera of `cameras`
+    (a Pinhole batch) sees: inside its frame and not behind what its render shows there (by
+    more than `tolerance` of the depth)."""
+    from .scenes.scene_mesh import TriangleSoup, render_mesh
+
+    points, _ = surface_samples(vertices, faces, count, seed)
+    soup = TriangleSoup(torch.from_numpy(vertices).float(), torch.from_numpy(faces).long(),
+                        torch.zeros(len(vertices), 3))
+    p = torch.from_numpy(points).float()
+    seen = torch.zeros(len(p), dtype=torch.bool)
+    for k in range(len(cameras)):
+        camera = cameras[k]
+        depth = render_mesh(soup, camera).depth[0]
+        xy, z = camera.project(p)
+        col, row = xy[0, :, 0].floor().long(), xy[0, :, 1].floor().long()
+        inside = (z[0] > 0) & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
+        shown = torch.full_like(z[0], float("inf"))
+        shown[inside] = depth[row[inside], col[inside]]
+        seen |= inside & (z[0] <= shown * (1 + tolerance))
+    return points[seen.numpy()]
+
+
+def f_score(vertices: np.ndarray, faces: np.ndarray, truth: np.ndarray, threshold: float,
+            count: int = 200_000) -> tuple[float, float, float]:
+    """(F-score, precision, recall) at `threshold` (world units) of a mesh against true surface
+    points `truth` [K, 3]: precision, the share of the mesh's area-uniform samples within the
+    threshold of a true point; recall, the share of true points within it of a sample."""
+    from scipy.spatial import cKDTree
+
+    points, _ = surface_samples(vertices, faces, count)
+    precision = float((cKDTree(truth).query(points)[0] <= threshold).mean())
+    recall = float((cKDTree(points).query(truth)[0] <= threshold).mean())
+    return (2 * precision * recall / max(precision + recall, 1e-12)), precision, recall
