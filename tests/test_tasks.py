@@ -19,7 +19,9 @@ from dreamsculpt.tasks import KINDS, TASKS, JobRequest, task_of
 from pydantic import TypeAdapter, ValidationError
 
 IMAGE = "ab" * 32
-MINIMAL = {"text_to_3d": {"prompt": "a red cube"}, "image_to_3d": {"image": IMAGE}, "novel_views": {"image": IMAGE}}
+CAMERA = {"matrix_world": [[1, 0, 0, 0], [0, 0, -1, -3], [0, 1, 0, 1.5], [0, 0, 0, 1]], "lens": 35.0}
+MINIMAL = {"text_to_3d": {"prompt": "a red cube"}, "image_to_3d": {"image": IMAGE}, "novel_views": {"image": IMAGE},
+           "scene_walk": {"prompt": "a room", "camera": CAMERA, "motion": "forward"}}
 
 
 def test_the_table_is_keyed_by_each_request_models_kind():
@@ -36,7 +38,7 @@ def test_job_request_is_the_union_of_the_tables_requests(kind):
 
 def test_an_unknown_kind_is_refused_naming_the_kinds():
     with pytest.raises(ValidationError) as error:
-        TypeAdapter(JobRequest).validate_python({"kind": "scene_walk", "prompt": "a room"})
+        TypeAdapter(JobRequest).validate_python({"kind": "sculpture_garden", "prompt": "a room"})
     assert all(kind in str(error.value) for kind in KINDS)
 
 

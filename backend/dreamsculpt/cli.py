@@ -1,5 +1,6 @@
 """`dreamsculpt generate PROMPT`: text to a coloured mesh; `image-to-3d IMAGE`, `novel-views
-IMAGE`: one image to a mesh or to views around it; `dreamsculpt serve`: the job server.
+IMAGE`: one image to a mesh or to views around it; `scene-walk PROMPT`: a scene made along a
+camera path; `dreamsculpt serve`: the job server.
 
 User errors print one line (`error: ...`) and exit 1; Ctrl-C stops after the current step,
 keeps a checkpoint and exits 130 (continue with --resume).
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_walk import add_scene_walk, path_problem, read_path
 from .config import (
     BACKGROUNDS,
     DEFAULT_SD_MODEL,
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--idle-release", type=float, default=DEFAULT_IDLE_RELEASE_S, metavar="SECONDS",
                      help="free loaded models after this long without a job (0: never)")
     sub.add_parser("token", help="print the job server's access token (created if there is none)")
+    add_scene_walk(sub, _add_run_options)
     return parser
 
 
@@ -148,9 +151,11 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "max_faces": ("mesh", "max_faces"), "obj": ("mesh", "obj"), "texture_size": ("mesh", "texture_size"),
     "normal_map": ("mesh", "normal_map"), "size": ("mesh", "size"), "origin": ("mesh", "origin"),
     "elevation": ("elevation_deg",), "azimuth": ("azimuth_deg",), "fov": ("fov_deg",),
+    "walk_max_faces": ("max_faces",),
 }
 #: Options of the run, not of the request (where and how it runs, and what the CLI shows).
-RUN_OPTIONS = {"command", "kind", "out", "quiet", "device", "resume", "image", "camera", "views"}
+RUN_OPTIONS = {"command", "kind", "out", "quiet", "device", "resume", "image", "camera", "views", "path",
+               "start_depth"}
 
 
 def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
@@ -174,11 +179,15 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if getattr(args, "image", None) is not None:
         fields["image"] = _read_image(args.image).sha256
     if getattr(args, "camera", None) is not None:
-        given = [f"--{dest}" for dest in ("elevation", "azimuth", "fov") if getattr(args, dest) is not None]
+        given = [f"--{dest}" for dest in ("elevation", "azimuth", "fov") if getattr(args, dest, None) is not None]
         if given:
             raise DreamsculptError(f"--camera already gives the view: leave out {', '.join(given)} (for images "
                                    "without a camera).")
-        fields["camera"], fields["depth"] = read_camera(args.camera)
+        fields["camera"], depth = read_camera(args.camera)
+        if "depth" in model.model_fields:
+            fields["depth"] = depth
+    if getattr(args, "path", None) is not None:
+        fields["cameras"] = read_path(args.path)
     if getattr(args, "views", None) is not None:
         fields["views"] = parse_views(args.views)
     try:
@@ -257,6 +266,11 @@ def _option_problem(exc, args: argparse.Namespace, model, parser: argparse.Argum
     value = error.get("input")
     shown = isinstance(value, (int, float, str)) and not isinstance(value, bool)
     bounded = error["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+    if not loc:                                  # the request as a whole (e.g. neither --path nor --camera)
+        return message[0].upper() + message[1:] + "."
+    walk = path_problem(loc, message, args)
+    if walk:
+        return walk
     if loc[0] in ("camera", "depth"):
         where = ".".join(map(str, loc[1:])) if loc[0] == "camera" else "depth"
         got = f" (got {value})" if shown and error["type"] != "value_error" else ""
@@ -281,9 +295,10 @@ def run_task(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     default = args.image.stem if getattr(args, "image", None) is not None else getattr(args, "prompt", "")
     out_dir = args.out or default_out_dir(default)
     task = task_of(request)
+    inputs = {"depth_image": args.start_depth} if getattr(args, "start_depth", None) is not None else {}
     result = run_with_progress(args, lambda callbacks: task.run(
         request, out_dir, callbacks, device=args.device, resume=getattr(args, "resume", False),
-        image=getattr(args, "image", None)))
+        image=getattr(args, "image", None), **inputs))
     print(result.summary())
     return 0
 
@@ -315,7 +330,8 @@ def run_with_progress(args: argparse.Namespace, run):
         if bar is None:
             bar = tqdm(total=p.total, initial=p.step, unit="step", disable=args.quiet, dynamic_ncols=True)
         bar.total, bar.n = p.total, p.step
-        bar.set_postfix_str(p.stage if p.stage == "sampling" else f"{p.stage} loss {p.loss:.4f}", refresh=False)
+        optimising = p.stage in ("optimising", "refining")
+        bar.set_postfix_str(f"{p.stage} loss {p.loss:.4f}" if optimising else p.stage, refresh=False)
         bar.refresh()
 
     try:

@@ -10,6 +10,11 @@ from dataclasses import field as _field
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
+#: Scene walks: the inpainting model (a 9-channel SD UNet) and an indoor metric depth model.
+DEFAULT_INPAINT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
+#: A scene walk's preset moves from one camera (scenes/paths.py).
+MOTIONS = ("forward", "backward", "orbit", "pan")
 PRIORS = ("sd", "builtin", "references")
 #: Priors of the image kinds: Zero-1-to-3 (a model), or the built-in shapes, view-conditioned.
 IMAGE_PRIORS = ("zero123", "builtin")
@@ -245,6 +250,9 @@ def apply_preset(config: RunConfig, name: str) -> RunConfig:
 
 #: Accepted ranges (inclusive) of the options the CLI and the job server share.
 LIMITS: dict[str, tuple[int, int]] = {
+    "walk_frames": (2, 1000),
+    "walk_resolution": (64, 1024),
+    "walk_faces": (10_000, 20_000_000),
     "steps": (1, 100_000),
     "refine": (0, 100_000),
     "resolution": (16, 512),

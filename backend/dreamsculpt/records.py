@@ -62,6 +62,24 @@ class ViewsOutputs:
 
 
 @dataclass
+class WalkOutputs:
+    """A scene walk: frames/0000.png..., depth/0000.png... (16-bit mm), the walk's video,
+    scene.ply and scene.glb (vertex colours), cameras.json."""
+
+    frames: int
+    width: int
+    height: int
+    vertices: int           # of the scene mesh
+    faces: int
+    video: str              # walk.mp4, or walk.gif without an encoder
+    per_frame: list[dict[str, Any]] = field(default_factory=list)   # new pixels, faces, the depth fit
+
+    def summary(self, out_dir: Path, seconds: float) -> str:
+        return (f"wrote {out_dir}/scene.glb ({self.faces} faces) and {self.frames} frames ({self.video}) "
+                f"in {seconds:.0f} s")
+
+
+@dataclass
 class Placement:
     """Where an image kind's canonical frame sits in the world: `matrix` maps canonical ->
     world (4x4, row-major); `reference` is the picture's camera in both frames."""
@@ -85,7 +103,7 @@ class RunRecord:
     seed: int
     seconds: float
     device: str
-    outputs: MeshOutputs | ViewsOutputs
+    outputs: MeshOutputs | ViewsOutputs | WalkOutputs
     config: dict[str, Any]          # the engine's RunConfig, for reproducing the run
     placement: Placement | None = None
     reference_weights: tuple[float, float] | None = None   # image_to_3d: (rgb, mask)

@@ -17,14 +17,18 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .config import (
     BACKGROUNDS,
+    DEFAULT_DEPTH_MODEL,
+    DEFAULT_INPAINT_MODEL,
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
     LIMITS,
+    MOTIONS,
     ORIGINS,
     PRESETS,
     PRIORS,
@@ -281,6 +285,80 @@ class NovelViewsRequest(_FromImage):
                                   sample_steps=self.steps)
 
 
+
+
+class SceneWalkRequest(_Run):
+    """A walk through a scene made as it goes (SceneScape / Text2Room) along a camera path: the
+    options of `dreamsculpt scene-walk`."""
+
+    kind: Literal["scene_walk"]
+    prior: Literal[PRIORS] = Field("sd", description="sd: Stable Diffusion inpainting and a depth model; builtin: "  # type: ignore[valid-type]
+                                                     "the offline rooms; references: your posed RGB-D frames.")
+    prompt: Prompt = Field("", validate_default=True, description='What the scene is, e.g. "a room with a red table".')
+    references: PlainText | None = Field(None, min_length=1, max_length=4096, validate_default=True,
+                                         description="Folder with frames.json (RGB-D frames and their cameras) "
+                                                     "on the server's disk.")
+    model: ModelName = Field(DEFAULT_INPAINT_MODEL, description="Inpainting model: hub id, diffusers folder or "
+                                                                ".safetensors/.ckpt file (sd prior).")
+    depth_model: ModelName = Field(DEFAULT_DEPTH_MODEL, description="Depth model: hub id or transformers folder "
+                                                                    "(sd prior).")
+    cameras: list[CameraSpec] | None = Field(None, max_length=LIMITS["walk_frames"][1],
+                                             description="The path: one Blender camera per frame, the first the "
+                                                         "start view.")
+    camera: CameraSpec | None = Field(None, description="Or a preset move from this camera (with motion).")
+    motion: Literal[MOTIONS] | None = Field(None, description="forward/backward (metres a frame), pan/orbit "  # type: ignore[valid-type]
+                                                              "(degrees a frame, to the right).")
+    frames: int = Field(20, ge=LIMITS["walk_frames"][0], le=LIMITS["walk_frames"][1],
+                        description="Frames of a preset move, the start included.")
+    step: float | None = Field(None, gt=0, le=100, description="A preset move's step per frame (default: 0.1 m "
+                                                               "or 5 degrees).")
+    image: str | None = Field(None, pattern=IMAGE_ID_PATTERN, description="Start frame: the id (sha256) POST "
+                                                                          "/images returned; null: made from the "
+                                                                          "prompt.")
+    resolution: int | None = Field(None, ge=LIMITS["walk_resolution"][0], le=LIMITS["walk_resolution"][1],
+                                   description="Frames' longer side, pixels (default: 512 for sd, 256 otherwise).")
+    aspect: float | None = Field(None, ge=0.25, le=4.0, description="Frames' width / height (default: the start "
+                                                                    "image's, else 1).")
+    steps: int | None = Field(None, ge=LIMITS["sample_steps"][0], le=LIMITS["sample_steps"][1],
+                              description="Inpainting denoising steps per frame (default 30; sd prior).")
+    candidates: int = Field(1, ge=1, le=8, description="Inpaint this many candidates a frame and keep the one "
+                                                       "whose seam agrees best (sd prior).")
+    max_faces: int = Field(2_000_000, ge=LIMITS["walk_faces"][0], le=LIMITS["walk_faces"][1],
+                           description="The scene mesh is decimated to half of this when it grows past it.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_given(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip() and info.data.get("prior") != "references":
+            raise ValueError('the prompt is empty: say what the scene is, e.g. "a room with a red table"')
+        return value
+
+    @field_validator("references")
+    @classmethod
+    def _references_given(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("prior") == "references" and not value:
+            raise ValueError("prior 'references' needs references: a folder with frames.json on the server's "
+                             "disk (--references DIR on the command line)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_path(self) -> "SceneWalkRequest":
+        if self.cameras is not None:
+            if len(self.cameras) < 2:
+                raise ValueError(f"a path of {len(self.cameras)} camera(s): a scene walk needs at least 2 "
+                                 "(animate the camera over more frames, or give camera and motion instead)")
+            if self.camera is not None or self.motion is not None:
+                raise ValueError("give either cameras (a path) or camera and motion (a preset move), not both")
+        elif self.camera is None or self.motion is None:
+            raise ValueError("the walk needs a path: cameras (one per frame), or camera and motion "
+                             "(--path PATH.json, or --camera CAM.json --motion forward on the command line)")
+        return self
+
+    def subject(self) -> str:
+        return repr(self.prompt) if self.prompt else "references"
+
+    def frame_count(self) -> int:
+        return len(self.cameras) if self.cameras is not None else self.frames
 
 
 def allowed_range(model: type[BaseModel], loc: tuple[str | int, ...]) -> str | None:

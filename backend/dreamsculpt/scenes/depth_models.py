@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Pinhole
+from ..config import DEFAULT_DEPTH_MODEL
 from ..errors import DreamsculptError
 from ..guidance.hub import first_line, load_from_hub, looks_like_path
 
-DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
 #: Metric depths are clamped to at least this (metres) before inverting, so a zero depth
 #: (Depth Anything's sigmoid head can reach it) gives a large finite disparity, not Inf.
 MIN_DEPTH_M = 1e-3

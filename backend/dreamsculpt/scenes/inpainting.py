@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Pinhole
+from ..config import DEFAULT_INPAINT_MODEL
 from ..errors import DreamsculptError, NonFiniteError
 from ..guidance.hub import first_line, load_from_hub, looks_like_path
 
-DEFAULT_INPAINT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
 #: Width in pixels (of the caller's frame) of the ring of known pixels around the hole on
 #: which candidates are compared.
 SEAM_BAND_PX = 4

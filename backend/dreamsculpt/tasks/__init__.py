@@ -22,8 +22,13 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field
 
 from ..records import TaskResult
-from ..requests import ImageTo3DRequest, NovelViewsRequest, TextTo3DRequest
-from . import image_to_3d, novel_views, text_to_3d
+from ..requests import (
+    ImageTo3DRequest,
+    NovelViewsRequest,
+    SceneWalkRequest,
+    TextTo3DRequest,
+)
+from . import image_to_3d, novel_views, scene_walk, text_to_3d
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ TASKS: dict[str, Task] = {
     "text_to_3d": Task(TextTo3DRequest, text_to_3d.run, text_to_3d.total_steps),
     "image_to_3d": Task(ImageTo3DRequest, image_to_3d.run, image_to_3d.total_steps),
     "novel_views": Task(NovelViewsRequest, novel_views.run, novel_views.total_steps),
+    "scene_walk": Task(SceneWalkRequest, scene_walk.run, scene_walk.total_steps),
 }
 KINDS: tuple[str, ...] = tuple(TASKS)
 
