@@ -8,7 +8,7 @@ optimised as a mesh, top to bottom:
 
 The volume render blurs a surface over the shell its density rises through, so the coarse
 mesh inherits the triplane's streaks and soft, foggy thin parts; here every pixel sees one
-surface point, at twice the coarse render's resolution, and the prior judges the silhouette
+surface point, at three times the coarse render's resolution, and the prior judges the silhouette
 through `rasterizer.antialias`.
 """
 
@@ -105,6 +105,7 @@ class Refiner:
         if self.background.mode == "learned":
             groups.append({"params": self.background.parameters(), "lr": 0.2 * r.lr_texture})
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+        self.base_lrs = [g["lr"] for g in groups]
         self.step_index, self.loss_ema = 0, 0.0
         # The regularisers' scales: the starting surface's edges (see normal_consistency) and area.
         start = self.surface.mesh()
@@ -147,9 +148,23 @@ class Refiner:
 
     # --- Optimisation -----------------------------------------------------------------------
 
+    def learning_rate_factor(self) -> float:
+        """1 until refine.lr_decay_from of the steps, then falling geometrically to
+        refine.lr_decay_to at the last step. The sub-linear normal term is, like an L1 penalty,
+        steepest at zero bend: at a fixed rate Adam keeps flat faces trembling about flat (on
+        the order of its step), and a falling rate lets them settle."""
+        r = self.config.refine
+        done = self.step_index / max(r.steps, 1)
+        if done <= r.lr_decay_from or r.lr_decay_from >= 1.0:
+            return 1.0
+        return r.lr_decay_to ** min((done - r.lr_decay_from) / (1.0 - r.lr_decay_from), 1.0)
+
     def train_step(self) -> float:
         c, r = self.config, self.config.refine
         start = time.perf_counter()
+        factor = self.learning_rate_factor()
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
         mesh = self.surface.mesh()
         if len(mesh.faces) == 0:
             raise DreamsculptError(f"The surface vanished at refinement step {self.step_index}. "

@@ -110,7 +110,7 @@ class SetPrior:
                  shift_error: float = 0.05, neighbours: int = NEIGHBOURS):
         self.frames, self.description, self.model = frames, description, None
         self.neighbours, self.scale_error, self.shift_error = neighbours, scale_error, shift_error
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self._last: tuple[torch.Tensor, MeshRender] | None = None
 
     def composite(self, camera: Pinhole, known: torch.Tensor | None = None,
@@ -151,8 +151,12 @@ class SetPrior:
     def disparity(self, image: torch.Tensor, camera: Pinhole) -> torch.Tensor:
         composite = self.composite(camera)
         depth = _nearest_fill(composite.depth[0][None], composite.coverage[0])[0]
-        scale = math.exp((2 * float(torch.rand((), generator=self.generator)) - 1) * self.scale_error)
-        shift = (2 * float(torch.rand((), generator=self.generator)) - 1) * self.shift_error
+        # The unknown scale and shift: drawn from the seed and the camera, so the same frame gets
+        # the same answer in a walk that was interrupted and resumed.
+        key = int((camera.c2w[0, :3].double().abs().sum() * 1e6).round()) % (2 ** 31)
+        draws = torch.rand(2, generator=torch.Generator().manual_seed(self.seed * 7919 + key)).tolist()
+        scale = math.exp((2 * draws[0] - 1) * self.scale_error)
+        shift = (2 * draws[1] - 1) * self.shift_error
         disparity = 1.0 / depth
         return scale * disparity + shift * float(disparity.median())
 

@@ -37,10 +37,11 @@ from .uploads import decode_image
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id, e.g. 20261121-093512-4f2a9c.")]
 ViewIndex = Annotated[str, Path(pattern=r"^[0-9]{2}$", description=f"00 (the reference) to {MAX_VIEWS - 1:02d}.")]
+FrameIndex = Annotated[str, Path(pattern=r"^[0-9]{4}$", description="0000 (the start frame) onwards.")]
 bearer = HTTPBearer(auto_error=False, description="The token `dreamsculpt token` prints.")
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".json": "application/json",
                ".ply": "application/octet-stream", ".glb": "model/gltf-binary", ".obj": "model/obj",
-               ".mtl": "model/mtl"}
+               ".mtl": "model/mtl", ".mp4": "video/mp4"}
 
 
 def _error(code: int, message: str, headers: dict | None = None) -> Response:
@@ -239,10 +240,20 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
     def view(job_id: JobId, index: ViewIndex) -> Response:
         return send(job_id, f"view_{index}.png")
 
+    def frames(folder: str):
+        def frame(job_id: JobId, index: FrameIndex) -> Response:
+            path = dispatcher.store.frame_path(job_id, folder, index)
+            if path is None:
+                raise HTTPException(404, f"Job {job_id} has no {folder}/{index}.png (yet).")
+            return FileResponse(path, media_type="image/png", filename=f"{job_id}-{folder}-{index}.png")
+        return frame
+
     for name in DOWNLOADS:   # the novel views share one route
         if not name.startswith("view_"):
             _add_download(app, f"/jobs/{{job_id}}/{name}", named(name), name, auth)
     _add_download(app, "/jobs/{job_id}/view_{index}.png", view, "view_NN.png", auth)
+    _add_download(app, "/jobs/{job_id}/frames/{index}.png", frames("frames"), "frames/NNNN.png", auth)
+    _add_download(app, "/jobs/{job_id}/depth/{index}.png", frames("depth"), "depth/NNNN.png", auth)
     app.add_middleware(Guards, settings=settings)
     return app
 
@@ -260,7 +271,14 @@ SUMMARIES = {"preview.png": "The latest preview while the job runs (then its las
              "result.obj": "The UV mesh as OBJ (Z up; made with mesh.obj); it uses result.mtl",
              "result.mtl": "The OBJ's material; it uses texture.png (and normal.png)",
              "texture.png": "The base-colour texture",
-             "normal.png": "The tangent-space normal map (when asked for)"}
+             "normal.png": "The tangent-space normal map (when asked for)",
+             "scene.glb": "A scene walk's mesh with vertex colours (glTF, Y up)",
+             "scene.ply": "A scene walk's mesh with vertex colours (Z up, the cameras' world)",
+             "walk.mp4": "A scene walk's frames as a video",
+             "walk.gif": "A scene walk's frames as a GIF (when no video encoder is installed)",
+             "cameras.json": "A scene walk's cameras, one Blender camera per frame",
+             "frames/NNNN.png": "One frame of a scene walk",
+             "depth/NNNN.png": "One frame's view depth, 16-bit PNG in millimetres (0: none)"}
 
 
 def _add_download(app: FastAPI, path: str, download, name: str, auth) -> None:

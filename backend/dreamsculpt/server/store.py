@@ -61,7 +61,15 @@ DOWNLOADS = {
     "views.json": "out/views.json",
     "novel_views.png": "out/novel_views.png",
     **{f"view_{i:02d}.png": f"out/view_{i:02d}.png" for i in range(MAX_VIEWS)},
+    "scene.glb": "out/scene.glb",
+    "scene.ply": "out/scene.ply",
+    "walk.mp4": "out/walk.mp4",
+    "walk.gif": "out/walk.gif",
+    "cameras.json": "out/cameras.json",
 }
+#: A scene walk's frames and depth maps (GET /jobs/{id}/frames/NNNN.png, /depth/NNNN.png):
+#: too many to list among a job's files; run.json says how many there are.
+FRAME_FOLDERS = {"frames": "out/frames", "depth": "out/depth"}
 #: Files that name other downloads inside them: the names written in the job folder -> the
 #: names a client saves them under (`{job}` is the job id, as in the download's file name).
 LINKS = {"result.obj": {"mtllib mesh.mtl": "mtllib {job}-result.mtl"},
@@ -164,6 +172,13 @@ class JobStore:
         path = self.folder(job_id) / DOWNLOADS[name]
         return path if path.is_file() else None
 
+    def frame_path(self, job_id: str, folder: str, index: str) -> Path | None:
+        """out/frames/NNNN.png or out/depth/NNNN.png of a scene walk, or None."""
+        if folder not in FRAME_FOLDERS or job_id not in self._jobs:
+            return None
+        path = self.folder(job_id) / FRAME_FOLDERS[folder] / f"{index}.png"
+        return path if path.is_file() else None
+
     def linked_download(self, job_id: str, name: str, path: Path) -> bytes:
         """A download in `LINKS`, its references renamed to the files a client saves beside it."""
         text = path.read_text()
@@ -178,7 +193,7 @@ class JobStore:
     def create(self, request: JobRequest, total: int) -> JobStatus:
         """A new queued job; its folder is complete when it appears. UnknownImage when the
         request names an image that is not uploaded."""
-        image = self.images.path(request.image) if hasattr(request, "image") else None
+        image = self.images.path(request.image) if getattr(request, "image", None) else None
         with self._lock:
             stamp = now()
             while True:

@@ -15,14 +15,16 @@ import time
 from pathlib import Path
 
 from ..callbacks import Callbacks, Progress
+from ..config import LIMITS
 from ..errors import CancelledError, DreamsculptError
 from ..models import ModelCache
 from ..records import PriorRecord, RunRecord, TaskResult, WalkOutputs, write_json
 from ..requests import SceneWalkRequest
 from . import stages
 
-#: The walk's checkpoint in its output folder: the scene mesh and how many frames are done.
-CHECKPOINT = "walk.pt"
+#: The walk's checkpoint in its output folder (the scene mesh and how many frames are done),
+#: named as every kind's is, so the job server's resume finds it.
+CHECKPOINT = stages.CHECKPOINT
 DEFAULT_RESOLUTION = {"sd": 512, "builtin": 256, "references": 256}
 
 
@@ -47,31 +49,32 @@ def run(request: SceneWalkRequest, out_dir: Path, callbacks: Callbacks | None = 
     callbacks = callbacks or Callbacks()
     device = str(resolve_device(device))
     start_rgb = read_rgb(image) if image is not None and Path(image).is_file() else None
+    start_depth = None
+    if depth_image is not None:
+        if start_rgb is None:
+            raise DreamsculptError("A start depth needs its start image: pass --start-image with --start-depth.")
+        start_depth = read_depth(Path(depth_image), (start_rgb.shape[-1], start_rgb.shape[-2]))
     width, height = _frame_size(request, start_rgb)
     cameras, specs = _cameras(request, width, height)
-    start_rgb = _resized(start_rgb, width, height)
-    start_depth = read_depth(Path(depth_image), (width, height)) if depth_image and Path(depth_image).is_file() \
-        else None
-    if start_depth is not None and start_rgb is None:
-        raise DreamsculptError("A start depth needs its start image: pass --start-image with --start-depth.")
+    start_rgb, start_depth = _resized(start_rgb, start_depth, width, height)
 
-    _report(callbacks, "loading", 0, len(cameras), started)
+    checkpoint = stages.check_resume(out_dir, resume)
+    state = WalkState.load(checkpoint) if resume else WalkState()
+    if not state.frames_done:
+        _report(callbacks, "loading", 0, len(cameras), started)
     inpainter, depth_model, prior = _models(request, cameras, models, device)
     out_dir = stages.make_folder(out_dir)
     (out_dir / "frames").mkdir(exist_ok=True)
     (out_dir / "depth").mkdir(exist_ok=True)
-    checkpoint = out_dir / CHECKPOINT
-    if resume and not checkpoint.is_file():
-        raise DreamsculptError(f"Nothing to resume: {checkpoint} does not exist. Run without --resume.")
-    state = WalkState.load(checkpoint) if resume else WalkState()
     settings = WalkSettings(request.prompt, max_faces=request.max_faces)
-    generator = torch.Generator().manual_seed(request.seed + state.frames_done)
 
     for k in range(state.frames_done, len(cameras)):
         if callbacks.should_cancel and callbacks.should_cancel():
             raise CancelledError(f"stopped after frame {k} of {len(cameras)}; resume continues from there")
         camera = cameras[k]
-        stage = lambda name, k=k: _report(callbacks, name, k, len(cameras), started)  # noqa: E731
+        generator = torch.Generator().manual_seed(request.seed * 100_003 + k)   # per frame: resume-proof
+        # Reported as frame k + 1 of the total while it is made ("inpainting 4/20").
+        stage = lambda name, k=k: _report(callbacks, name, k + 1, len(cameras), started)  # noqa: E731
         if k == 0:
             made = start_frame(state, camera, start_rgb, start_depth, inpainter, depth_model, settings, generator)
         else:
@@ -106,6 +109,8 @@ def _frame_size(request: SceneWalkRequest, start_rgb) -> tuple[int, int]:
     from ..scenes.paths import frame_size
 
     resolution = request.resolution or DEFAULT_RESOLUTION[request.prior]
+    if start_rgb is not None and request.resolution is None:        # the start image's own size
+        resolution = min(max(start_rgb.shape[-2:]), LIMITS["walk_resolution"][1])
     aspect = request.aspect
     if start_rgb is not None:
         h, w = start_rgb.shape[-2:]
@@ -129,13 +134,17 @@ def _cameras(request: SceneWalkRequest, width: int, height: int):
     return cameras, camera_specs(cameras, spec)
 
 
-def _resized(rgb, width: int, height: int):
-    """The start image at the frame size (area filtered), or None."""
+def _resized(rgb, depth, width: int, height: int):
+    """The start image (area filtered) and its depth (nearest: no depth between two surfaces)
+    at the frame size; None stays None."""
     import torch.nn.functional as F
 
     if rgb is None or tuple(rgb.shape[-2:]) == (height, width):
-        return rgb
-    return F.interpolate(rgb[None], size=(height, width), mode="area" if rgb.shape[-1] > width else "bilinear")[0]
+        return rgb, depth
+    rgb = F.interpolate(rgb[None], size=(height, width), mode="area" if rgb.shape[-1] > width else "bilinear")[0]
+    if depth is not None:
+        depth = F.interpolate(depth[None, None], size=(height, width), mode="nearest-exact")[0, 0]
+    return rgb, depth
 
 
 def _models(request: SceneWalkRequest, cameras, models: ModelCache | None, device: str):
