@@ -188,6 +188,8 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
             fields["depth"] = depth
     if getattr(args, "path", None) is not None:
         fields["cameras"] = read_path(args.path)
+    if getattr(args, "start_depth", None) is not None and args.start_depth.suffix.lower() == ".png":
+        fields["depth_image"] = _read_depth_png(args.start_depth).sha256
     if getattr(args, "views", None) is not None:
         fields["views"] = parse_views(args.views)
     try:
@@ -207,6 +209,17 @@ def _read_image(path: Path):
     except OSError as exc:
         raise DreamsculptError(f"Cannot read the image {path}: {exc.strerror}.") from None
     return decode_image(data, f"The image {path}")
+
+
+def _read_depth_png(path: Path):
+    """The start depth as the server's depth upload sees it; a DreamsculptError if unusable."""
+    from .server.uploads import decode_depth
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DreamsculptError(f"Cannot read the depth image {path}: {exc.strerror}.") from None
+    return decode_depth(data, f"The depth image {path}")
 
 
 def read_camera(path: Path) -> tuple[dict, float | None]:

@@ -315,8 +315,13 @@ class SceneWalkRequest(_Run):
     image: str | None = Field(None, pattern=IMAGE_ID_PATTERN, description="Start frame: the id (sha256) POST "
                                                                           "/images returned; null: made from the "
                                                                           "prompt.")
+    depth_image: str | None = Field(None, pattern=IMAGE_ID_PATTERN,
+                                    description="The start image's view depth: the id POST /images?depth=true "
+                                                "returned for a 16-bit grey PNG in millimetres (it fixes the "
+                                                "scene's scale; needs image).")
     resolution: int | None = Field(None, ge=LIMITS["walk_resolution"][0], le=LIMITS["walk_resolution"][1],
-                                   description="Frames' longer side, pixels (default: 512 for sd, 256 otherwise).")
+                                   description="Frames' longer side, pixels (default: the start image's, else 512 "
+                                               "for sd and 256 otherwise).")
     aspect: float | None = Field(None, ge=0.25, le=4.0, description="Frames' width / height (default: the start "
                                                                     "image's, else 1).")
     steps: int | None = Field(None, ge=LIMITS["sample_steps"][0], le=LIMITS["sample_steps"][1],
@@ -352,6 +357,8 @@ class SceneWalkRequest(_Run):
         elif self.camera is None or self.motion is None:
             raise ValueError("the walk needs a path: cameras (one per frame), or camera and motion "
                              "(--path PATH.json, or --camera CAM.json --motion forward on the command line)")
+        if self.depth_image is not None and self.image is None:
+            raise ValueError("depth_image is the start image's depth: send image (the start frame) with it")
         return self
 
     def subject(self) -> str:

@@ -33,7 +33,7 @@ from .schemas import (
 from .settings import ServerSettings, is_loopback
 from .store import DOWNLOADS, LINKS, MAX_VIEWS, UnknownImage
 from .uploads import MEDIA_TYPES as IMAGE_TYPES
-from .uploads import decode_image
+from .uploads import decode_depth, decode_image
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id, e.g. 20261121-093512-4f2a9c.")]
 ViewIndex = Annotated[str, Path(pattern=r"^[0-9]{2}$", description=f"00 (the reference) to {MAX_VIEWS - 1:02d}.")]
@@ -171,15 +171,16 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
     @app.post("/images", response_model=ImageInfo, status_code=201, dependencies=auth, tags=["images"],
               openapi_extra={"requestBody": {"required": True, "content": {t: binary for t in IMAGE_TYPES}}},
               responses={415: {"description": "Not PNG, JPEG or WebP"}, 422: {"description": "Not a usable image"}})
-    async def upload(request: Request) -> ImageInfo:
+    async def upload(request: Request, depth: bool = False) -> ImageInfo:
         """Upload a reference image (the raw file as the body). It is stored as PNG (alpha kept)
-        for a week; the returned `image` id goes into image jobs."""
+        for a week; the returned `image` id goes into image jobs. With `?depth=true`: a depth
+        map, a 16-bit grey PNG in millimetres kept as it is (a scene walk's `depth_image`)."""
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in IMAGE_TYPES:
             raise HTTPException(415, f"Send the image as the body with Content-Type {', '.join(IMAGE_TYPES)} "
                                      f"(got {media_type or 'none'}).")
         try:
-            decoded = await run_in_threadpool(decode_image, await request.body())
+            decoded = await run_in_threadpool(decode_depth if depth else decode_image, await request.body())
         except DreamsculptError as exc:
             return JSONResponse({"detail": str(exc), "message": str(exc)}, status_code=422)
         await run_in_threadpool(dispatcher.store.images.add, decoded.sha256, decoded.png)

@@ -42,6 +42,8 @@ _ID = re.compile(JOB_ID_PATTERN)
 _IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 #: The reference image of an image job, in its folder (the worker reads it from there).
 INPUT_IMAGE = "input.png"
+#: A scene walk's start depth (its `depth_image`), beside it.
+INPUT_DEPTH = "input_depth.png"
 #: Most novel views a job makes (view_00.png, the reference, included).
 MAX_VIEWS = 64
 #: Files a client may download: URL name -> path inside the job folder.
@@ -194,6 +196,7 @@ class JobStore:
         """A new queued job; its folder is complete when it appears. UnknownImage when the
         request names an image that is not uploaded."""
         image = self.images.path(request.image) if getattr(request, "image", None) else None
+        depth = self.images.path(request.depth_image) if getattr(request, "depth_image", None) else None
         with self._lock:
             stamp = now()
             while True:
@@ -208,6 +211,8 @@ class JobStore:
             (staging / "out").mkdir()
             if image is not None:
                 self.images.link(image, staging / INPUT_IMAGE)
+            if depth is not None:
+                self.images.link(depth, staging / INPUT_DEPTH)
             write_atomic(staging / "request.json", request.model_dump_json(indent=2).encode())
             write_atomic(staging / "status.json", job.model_dump_json(indent=2).encode())
             os.replace(staging, self.root / job_id)

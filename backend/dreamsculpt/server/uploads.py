@@ -62,6 +62,33 @@ def decode_image(data: bytes, name: str = "The image") -> DecodedImage:
     return DecodedImage(buffer.getvalue(), clean.width, clean.height, clean.mode == "RGBA")
 
 
+def decode_depth(data: bytes, name: str = "The depth image") -> DecodedImage:
+    """`data` (a 16-bit grey PNG: view depth in millimetres, 0 where there is none, as a
+    scene walk's start depth) kept 16-bit, or a DreamsculptError that says what is wrong."""
+    from PIL import Image
+
+    low, high = SIDE_RANGE
+    try:
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - whatever Pillow trips on, it is not a depth PNG
+        raise DreamsculptError(f"{name} is not a PNG{_reason(exc)}. Save depth as a 16-bit grey PNG in "
+                               "millimetres.") from None
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise DreamsculptError(f"{name} is {image.mode}, not 16-bit grey. Save depth as a 16-bit grey PNG in "
+                               "millimetres (0: no depth).")
+    width, height = image.size
+    if not (low <= width <= high and low <= height <= high):
+        raise DreamsculptError(f"{name} is {width}x{height} pixels; use one between {low} and {high} pixels "
+                               "on each side.")
+    import numpy as np
+
+    mm = np.asarray(image, dtype=np.int64).clip(0, 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(mm).save(buffer, "PNG")
+    return DecodedImage(buffer.getvalue(), width, height, False)
+
+
 def _to_rgb_or_rgba(image):
     import numpy as np
     from PIL import Image

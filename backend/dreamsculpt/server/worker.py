@@ -143,10 +143,11 @@ def _run_engine(request, device: str, folder: Path, resume: bool, callbacks, mod
     """Run the task of the job's kind (tasks.TASKS) in `folder`/out; returns JobResult's fields
     (but `files`): the kind's outputs and the seconds, and the task's one-line summary."""
     from ..tasks import task_of
-    from .store import INPUT_IMAGE
+    from .store import INPUT_DEPTH, INPUT_IMAGE
 
+    depth = {"depth_image": folder / INPUT_DEPTH} if (folder / INPUT_DEPTH).is_file() else {}
     result = task_of(request).run(request, folder / "out", callbacks, models, device=device, resume=resume,
-                                  image=folder / INPUT_IMAGE)
+                                  image=folder / INPUT_IMAGE, **depth)
     return {**result.outputs(), "seconds": round(result.seconds, 2)}, result.summary()
 
 
