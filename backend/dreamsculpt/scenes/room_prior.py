@@ -27,8 +27,9 @@ from .scene_mesh import MeshRender, TriangleSoup, frame_triangles, render_mesh
 
 #: How many of the set's frames are warped into a new camera at a time ...
 NEIGHBOURS = 4
-#: ... until they cover this share of it, or this many are in.
-FULL_COVERAGE = 0.995
+#: ... until they cover this share of it, or this many are in (a frame's warp leaves slivers
+#: where it steps in depth, so full coverage is rarely reached).
+FULL_COVERAGE = 0.98
 MAX_FRAMES = 16
 #: A warped frame whose RMS colour error over the known pixels it covers exceeds this is dropped.
 MAX_KNOWN_ERROR = 0.12
@@ -111,45 +112,50 @@ class SetPrior:
         self.frames, self.description, self.model = frames, description, None
         self.neighbours, self.scale_error, self.shift_error = neighbours, scale_error, shift_error
         self.seed = seed
-        self._last: tuple[torch.Tensor, MeshRender] | None = None
+        # The last camera's warped frames, and the composite its inpainting made (its depth is
+        # the one that goes with the colours).
+        self._warps: tuple[torch.Tensor, list[MeshRender]] | None = None
+        self._composite: tuple[torch.Tensor, MeshRender] | None = None
 
-    def composite(self, camera: Pinhole, known: torch.Tensor | None = None,
-                  image: torch.Tensor | None = None) -> MeshRender:
+    def warps(self, camera: Pinhole) -> list[MeshRender]:
         """The set's frames warped into `camera`, nearest first, `neighbours` at a time until
-        they cover the frame (or MAX_FRAMES are in), combined by depth; with `known` [H, W]
-        pixels of `image` [3, H, W], frames that disagree there are left out."""
+        together they cover FULL_COVERAGE of it (or MAX_FRAMES are in)."""
         key = camera.c2w[0]
-        if known is None and self._last is not None and torch.equal(self._last[0], key):
-            return self._last[1]
+        if self._warps is not None and torch.equal(self._warps[0], key):
+            return self._warps[1]
         order = self.frames.nearest(camera, MAX_FRAMES)
         renders: list[MeshRender] = []
         for start in range(0, len(order), self.neighbours):
-            for i in order[start:start + self.neighbours]:
-                render = render_mesh(self.frames.surface(i), camera)
-                if known is None or image is None or _known_error(render, known, image) <= MAX_KNOWN_ERROR:
-                    renders.append(render)
-            covered = torch.stack([r.coverage[0] for r in renders]).any(0) if renders else None
-            if covered is not None and float(covered.float().mean()) >= FULL_COVERAGE:
+            renders += [render_mesh(self.frames.surface(i), camera) for i in order[start:start + self.neighbours]]
+            if float(torch.stack([r.coverage[0] for r in renders]).any(0).float().mean()) >= FULL_COVERAGE:
                 break
-        if not renders:                       # every frame disagreed: the nearest ones, regardless
-            renders = [render_mesh(self.frames.surface(i), camera) for i in order[:self.neighbours]]
+        self._warps = (key.clone(), renders)
+        return renders
+
+    def composite(self, camera: Pinhole, known: torch.Tensor | None = None,
+                  image: torch.Tensor | None = None) -> MeshRender:
+        """The warped frames combined by depth, nearest first (one surface seen through a
+        z-buffer); with `known` [H, W] pixels of `image` [3, H, W], frames that disagree there
+        are left out (all of them, when every one does)."""
+        renders = self.warps(camera)
+        if known is not None and image is not None:
+            renders = [r for r in renders if _known_error(r, known, image) <= MAX_KNOWN_ERROR] or renders
         depth = torch.stack([r.depth[0] for r in renders])                         # [K, H, W]
         best = depth.argmin(0, keepdim=True)                                        # [1, H, W]
         rgb = torch.stack([r.rgb[0] for r in renders]).gather(0, best[:, None].expand(1, 3, -1, -1))
         nearest = depth.gather(0, best)
-        result = MeshRender(rgb, nearest, torch.isfinite(nearest))
-        if known is None:
-            self._last = (key.clone(), result)
-        return result
+        return MeshRender(rgb, nearest, torch.isfinite(nearest))
 
     def inpaint(self, image: torch.Tensor, hole: torch.Tensor, camera: Pinhole, prompt: str,
                 generator: torch.Generator) -> torch.Tensor:
         composite = self.composite(camera, ~hole, image)
+        self._composite = (camera.c2w[0].clone(), composite)
         filled = _nearest_fill(composite.rgb[0], composite.coverage[0])
         return torch.where(hole[None], filled, image)
 
     def disparity(self, image: torch.Tensor, camera: Pinhole) -> torch.Tensor:
-        composite = self.composite(camera)
+        last = self._composite
+        composite = last[1] if last is not None and torch.equal(last[0], camera.c2w[0]) else self.composite(camera)
         depth = _nearest_fill(composite.depth[0][None], composite.coverage[0])[0]
         # The unknown scale and shift: drawn from the seed and the camera, so the same frame gets
         # the same answer in a walk that was interrupted and resumed.
