@@ -158,3 +158,35 @@ def test_preset_moves_go_where_they_say():
     heading = lambda v: math.degrees(math.atan2(float(v[1]), float(v[0])))  # noqa: E731
     assert heading(pan.forward[1]) == pytest.approx(heading(pan.forward[0]) - 30.0, abs=1e-3)
     assert torch.allclose(pan.position[1], pan.position[0])
+
+
+@pytest.mark.slow
+def test_a_walk_on_your_own_rgbd_frames_reproduces_them(tmp_path):
+    """--prior references: 24 posed RGB-D frames of the box room (as files, in frames.json) are
+    the prior; a 4-frame pan from their middle comes out as the room looks from there."""
+    from dreamsculpt.scenes.room_prior import RoomSet
+
+    room = ROOMS["box room"]
+    views = RoomSet(room, 96, 72, 70.0)
+    entries = []
+    for k in range(0, len(views), max(1, len(views) // 24))[:24]:
+        frame = views.frame(k)
+        save_rgb(frame.rgb, tmp_path / f"{k}.png")
+        save_depth(frame.depth, tmp_path / f"{k}_depth.png")
+        entries.append({"image": f"{k}.png", "depth": f"{k}_depth.png",
+                        "camera": {"matrix_world": frame.camera.c2w[0].tolist(), "lens": 70.0 / 96 * 36.0}})
+    (tmp_path / "frames.json").write_text(json.dumps(entries))
+    start = views.camera(0)
+    (tmp_path / "cam.json").write_text(json.dumps({"matrix_world": start.c2w[0].tolist(), "lens": 70.0 / 96 * 36.0}))
+    out = tmp_path / "out"
+    assert main(["scene-walk", "", "--prior", "references", "--references", str(tmp_path), "--camera",
+                 str(tmp_path / "cam.json"), "--motion", "pan", "--frames", "4", "--step", "8", "--resolution", "96",
+                 "--aspect", str(96 / 72), "--out", str(out), "--quiet"]) == 0
+    from dreamsculpt.scenes.frames import read_rgb
+    from dreamsculpt.scenes.paths import preset_path
+
+    cameras = preset_path(json.loads((tmp_path / "cam.json").read_text()), "pan", 4, 8.0, 96, 72)
+    for k in range(4):
+        truth = render_mesh(room.mesh(), cameras[k]).rgb[0]
+        made = read_rgb(out / "frames" / f"{k:04d}.png")
+        assert -10 * math.log10(float((made - truth).square().mean())) >= 22.0, k
