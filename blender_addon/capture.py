@@ -1,20 +1,24 @@
 """The picture of an image job: the active camera rendered into a transparent-film PNG (RGBA,
 8 bit; the alpha is the object's mask) with its CameraSpec and the depth of what it sees, or a
-picked file, checked first. Main thread only (one short render, like F12 but with few
-samples); every render setting it touches is put back.
+picked file, checked first; and a scene walk's start frame, an opaque render with its view depth
+(the Z pass). Main thread only (one short render, like F12 but with few samples); every render
+setting it touches is put back.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from contextlib import contextmanager
+from array import array
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import bpy
 from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
-from . import cameras
+from . import cameras, walks
 from .client import BackendError, image_type
 from .job_requests import JobImage
 from .preferences import user_folder
@@ -100,29 +104,96 @@ def _changed(*groups):
                     print(f"Dreamsculpt: could not restore {name} = {value!r}: {exc}")
 
 
-def render_camera(scene, path: Path, longest: int = 512, samples: int = 16) -> tuple[int, int]:
-    """Render the active camera into `path` (PNG, RGBA 8 bit, transparent film) at the scene's
-    aspect, the longer side at most `longest` px, with the scene's engine and at most `samples`
-    samples. Returns the image's (width, height)."""
+def _view_layer(scene) -> bpy.types.ViewLayer:
+    layer = bpy.context.view_layer
+    return layer if layer.name in scene.view_layers else scene.view_layers[0]
+
+
+@contextmanager
+def _depth_pass(scene, folder: Path):
+    """While it lasts, a render also writes its Z pass into `folder` as a float EXR: the
+    scene's compositor is swapped for one of ours that passes the render through unchanged and
+    sends Depth to a File Output node. Blender 5's Z pass is view depth (along the camera's
+    axis, not along the ray: measured in Cycles, EEVEE and Workbench), in world units; where
+    nothing is hit it is 1e10 (Cycles, Workbench) or the camera's clip end (EEVEE)."""
+    tree = bpy.data.node_groups.new("Dreamsculpt depth", "CompositorNodeTree")
+    try:
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        nodes, layer = tree.nodes, _view_layer(scene)
+        render_layers, output, depth = (nodes.new("CompositorNodeRLayers"), nodes.new("NodeGroupOutput"),
+                                        nodes.new("CompositorNodeOutputFile"))
+        render_layers.scene, render_layers.layer = scene, layer.name
+        depth.directory, depth.file_name = str(folder) + "/", "depth"
+        depth.format.media_type, depth.format.file_format = "IMAGE", "OPEN_EXR"
+        depth.format.color_depth, depth.format.color_mode = "32", "BW"
+        depth.file_output_items.new("FLOAT", "Depth")
+        tree.links.new(render_layers.outputs["Image"], output.inputs[0])
+        tree.links.new(render_layers.outputs["Depth"], depth.inputs["Depth"])
+        with _changed((scene, {"compositing_node_group": tree}), (layer, {"use_pass_z": True})):
+            yield
+    finally:
+        bpy.data.node_groups.remove(tree)
+
+
+def _read_depth(folder: Path, width: int, height: int) -> array:
+    """The Z pass _depth_pass wrote: 'f', width x height, rows bottom-up (Blender's order)."""
+    files = sorted(folder.glob("*.exr"))
+    if not files:
+        raise CaptureError("The render wrote no depth pass. Check that the scene renders with F12 (Cycles, EEVEE "
+                           "or Workbench), or start the walk from the prompt.")
+    image = bpy.data.images.load(str(files[0]), check_existing=False)
+    try:
+        image.colorspace_settings.is_data = True          # depth, not colour: no conversion
+        if tuple(image.size) != (width, height):
+            raise CaptureError(f"The depth pass is {image.size[0]}x{image.size[1]}, the render {width}x{height}.")
+        values = array("f", bytes(4 * width * height * image.channels))
+        image.pixels.foreach_get(values)
+        return values[::image.channels]
+    finally:
+        bpy.data.images.remove(image)
+
+
+def render_camera(scene, path: Path, longest: int = 512, samples: int = 16, transparent: bool = True,
+                  depth_folder: Path | None = None) -> tuple[int, int]:
+    """Render the active camera into `path` (PNG, 8 bit; RGBA with a transparent film, else RGB)
+    at the scene's aspect, the longer side at most `longest` px, with the scene's engine and at
+    most `samples` samples; with `depth_folder`, its Z pass into that folder too (_depth_pass).
+    Returns the image's (width, height)."""
     r = scene.render
     width, height = cameras.capture_size(r.resolution_x, r.resolution_y, r.resolution_percentage,
                                          r.pixel_aspect_x, r.pixel_aspect_y, longest)
-    groups = [(r, {"film_transparent": True, "resolution_x": width, "resolution_y": height,
+    groups = [(r, {"film_transparent": transparent, "resolution_x": width, "resolution_y": height,
                    "resolution_percentage": 100, "pixel_aspect_x": 1.0, "pixel_aspect_y": 1.0,
-                   "use_border": False, "use_stamp": False, "use_multiview": False, "use_compositing": False,
-                   "use_sequencer": False, "filepath": str(path)}),
-              (r.image_settings, {"media_type": "IMAGE", "file_format": "PNG", "color_mode": "RGBA",
-                                  "color_depth": "8"})]
+                   "use_border": False, "use_stamp": False, "use_multiview": False,
+                   "use_compositing": depth_folder is not None, "use_sequencer": False, "filepath": str(path)}),
+              (r.image_settings, {"media_type": "IMAGE", "file_format": "PNG",
+                                  "color_mode": "RGBA" if transparent else "RGB", "color_depth": "8"})]
     for engine, name in ((getattr(scene, "cycles", None), "samples"),
                          (getattr(scene, "eevee", None), "taa_render_samples")):
         if engine is not None:
             groups.append((engine, {name: min(getattr(engine, name), samples)}))
     groups += [(obj, {"hide_render": True}) for obj in _view_planes()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _changed(*groups):
+    with _changed(*groups), _depth_pass(scene, depth_folder) if depth_folder is not None else nullcontext():
         bpy.ops.render.render(write_still=True, scene=scene.name)
     if not path.is_file():
         raise CaptureError(f"Rendering the camera wrote no image at {path}. Check that the scene renders with F12.")
+    return width, height
+
+
+def render_with_depth(scene, path: Path, longest: int = 512, samples: int = 16) -> tuple[int, int]:
+    """A scene walk's start frame: the active camera rendered opaque into `path` (PNG, RGB 8
+    bit) and its view depth into walks.depth_path(path) (16-bit grey PNG, millimetres, 0 where
+    the world shows). Returns the image's (width, height)."""
+    camera = active_camera(scene)
+    folder = Path(tempfile.mkdtemp(prefix="dreamsculpt-depth-"))
+    try:
+        width, height = render_camera(scene, path, longest, samples, transparent=False, depth_folder=folder)
+        z = _read_depth(folder, width, height)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    millimetres = walks.depth_millimetres(z, camera.data.clip_end)
+    walks.depth_path(path).write_bytes(walks.png_grey16(millimetres, width, height, bottom_up=True))
     return width, height
 
 

@@ -156,6 +156,14 @@ class Client:
         return json.loads(self._request("POST", "/images", raw=data, content_type=content_type,
                                         timeout=max(self.timeout, 60)))
 
+    def upload_depth(self, data: bytes) -> dict:
+        """POST /images?depth=true: store a view depth map, a 16-bit grey PNG in millimetres (0:
+        none). Returns {"image": sha256, ...}; a scene walk names it as its "depth_image"."""
+        if image_type(data) != "image/png":
+            raise BackendError("The depth map is not a PNG. Render the start frame again.")
+        return json.loads(self._request("POST", "/images?depth=true", raw=data, content_type="image/png",
+                                        timeout=max(self.timeout, 60)))
+
     def submit(self, body: dict) -> dict:
         return self._json("POST", "/jobs", body)
 

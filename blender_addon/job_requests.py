@@ -4,7 +4,8 @@ the attributes of properties.DreamsculptSettings (a SimpleNamespace in the tests
 
 The body mirrors the backend's request models (dreamsculpt.requests) part for part: `_run`
 is _Run, `_optimised` is _Optimised (with MeshOptions), `_from_image` is _FromImage (with
-CameraSpec), and each kind adds its own fields. A setting at 0 (steps, guidance scale, mesh
+CameraSpec), and each kind adds its own fields; a scene walk (SceneWalkRequest) is _Run and
+its own fields, its cameras taken from the scene (a WalkPath). A setting at 0 (steps, guidance scale, mesh
 resolution, threshold, face budget, texture size, size) is left out, so the backend's default
 applies; the mesh's origin and normal map are always sent. Refinement, where 0 steps means off,
 has its own choice: Preset leaves `refine` out, Off sends 0, Custom its steps.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-KINDS = ("text_to_3d", "image_to_3d", "novel_views")
+KINDS = ("text_to_3d", "image_to_3d", "novel_views", "scene_walk")
 IMAGE_KINDS = ("image_to_3d", "novel_views")
 
 #: Fields of each request model the panel never sets (the backend's defaults apply), so that
@@ -26,6 +27,8 @@ BACKEND_DEFAULTS = {
     "text_to_3d": frozenset({"fp16", "resolution", "background"}),
     "image_to_3d": frozenset({"fp16", "resolution", "variant", "text_model", "image", "background"}),
     "novel_views": frozenset({"fp16", "variant", "views", "neighbours", "image"}),
+    # "image" and "depth_image" (the start render and its depth) are added on the job's thread.
+    "scene_walk": frozenset({"fp16", "candidates", "max_faces", "image", "depth_image"}),
 }
 #: MeshOptions' fields the panel never sets: the add-on imports result.ply, so no OBJ.
 MESH_DEFAULTS = frozenset({"obj"})
@@ -43,17 +46,39 @@ class JobImage:
     source: str                     # the camera's name, or the file's
     camera: dict | None = None      # a capture: the camera's CameraSpec (JSON); None: a picked file
     depth: float | None = None      # a capture: camera to visible objects, world units (None: unknown)
+    depth_path: str = ""            # a scene walk's start render: its view depth (16-bit PNG, mm); "" none
 
 
-def job_body(s, image: JobImage | None = None, abspath: Callable[[str], str] = _same) -> dict:
+@dataclass
+class WalkPath:
+    """A scene walk's cameras, read from the scene: a path (`cameras`, one CameraSpec JSON per
+    path frame, the first the start view) or a preset move's start camera (`camera`); the
+    frames' aspect (width / height, the render's); the camera they came from; and where the
+    path lies on the timeline (path camera k at frame_start + k * frame_step)."""
+
+    cameras: list[dict] | None = None
+    camera: dict | None = None
+    aspect: float = 1.0
+    source: str = ""                # the camera object's name
+    frame_start: int = 1
+    frame_step: int = 1
+
+
+def job_body(s, image: JobImage | None = None, abspath: Callable[[str], str] = _same,
+             walk: WalkPath | None = None) -> dict:
     """The POST /jobs body of the settings' mode (`s.mode`), without "image" (the upload's id,
-    added when the image has been sent). An image kind needs `image`; `abspath` turns a
-    Blender path ("//refs") into the absolute path the backend reads."""
+    added when the image has been sent). An image kind needs `image`, a scene walk its `walk`
+    (and `image` when it starts from a render); `abspath` turns a Blender path ("//refs") into
+    the absolute path the backend reads."""
     if s.mode not in KINDS:
         raise ValueError(f"unknown mode {s.mode!r}; expected one of {', '.join(KINDS)}")
     body = _run(s)
     if s.mode == "text_to_3d":
         body.update(_text(s, abspath), **_optimised(s))
+    elif s.mode == "scene_walk":
+        if walk is None:
+            raise ValueError("a scene_walk job needs its camera path (a WalkPath)")
+        body.update(_scene_walk(s, walk, abspath))
     elif image is None:
         raise ValueError(f"a {s.mode} job needs its image (a capture or a picked file)")
     elif s.mode == "image_to_3d":
@@ -134,11 +159,40 @@ def _novel_views(s) -> dict:
     return body
 
 
+def _scene_walk(s, walk: WalkPath, abspath: Callable[[str], str]) -> dict:
+    """SceneWalkRequest's own fields: the prompt and prior, the path (or preset move), the
+    frames' size. Its steps are denoising steps per frame."""
+    body = {"prompt": s.prompt, "prior": s.prior}
+    if s.prior == "sd":
+        body["model"], body["depth_model"] = s.inpaint_model, s.depth_model
+    if s.prior == "references":
+        body["references"] = abspath(s.references)
+    if walk.cameras is not None:
+        body["cameras"] = walk.cameras
+    else:
+        body.update(camera=walk.camera, motion=s.walk_motion, frames=s.walk_frames)
+        if s.walk_step:
+            body["step"] = s.walk_step
+    body["resolution"], body["aspect"] = s.walk_resolution, walk.aspect
+    if s.steps:
+        body["steps"] = s.steps
+    return body
+
+
+def walk_of(body: dict, frame_start: int = 1, frame_step: int = 1, source: str = "") -> WalkPath:
+    """A scene walk body's path again (Run Again sends the recorded cameras, not the scene's
+    animation as it is now)."""
+    return WalkPath(body.get("cameras"), body.get("camera"), body.get("aspect", 1.0), source, frame_start, frame_step)
+
+
 def prompt_to_settings(body: dict, s) -> None:
     """Edit Prompt: a body's prompt (and negative prompt) and seed back into the settings."""
     s.seed = body.get("seed", s.seed)
-    if body.get("kind", "text_to_3d") == "text_to_3d":
+    kind = body.get("kind", "text_to_3d")
+    if kind == "text_to_3d":
         s.prompt, s.negative = body.get("prompt", ""), body.get("negative", "")
+    elif kind == "scene_walk":
+        s.prompt = body.get("prompt", "")
     else:
         s.image_prompt = body.get("prompt", "")
 
@@ -151,6 +205,9 @@ def to_settings(body: dict, s) -> None:
     prompt_to_settings(body, s)
     s.mode = kind = body.get("kind", "text_to_3d")
     s.guidance_scale, s.steps = body.get("guidance_scale", 0.0), body.get("steps", 0)
+    if kind == "scene_walk":
+        _walk_to_settings(body, s)
+        return
     if kind != "novel_views":
         mesh = body.get("mesh", {})
         s.mesh_resolution, s.threshold = mesh.get("resolution", 0), mesh.get("threshold", 0.0)
@@ -179,3 +236,19 @@ def to_settings(body: dict, s) -> None:
         s.text_weight = body.get("text_weight", 0.0)
     else:
         s.view_count, s.autoregressive = body.get("count", s.view_count), body.get("autoregressive", False)
+
+
+def _walk_to_settings(body: dict, s) -> None:
+    """A scene walk's own settings. Its cameras stay with the body (a path is not a setting);
+    whether it started from a render is the history entry's (an image was sent or not)."""
+    s.prior = body.get("prior", s.prior)
+    s.inpaint_model = body.get("model") or s.inpaint_model
+    s.depth_model = body.get("depth_model") or s.depth_model
+    s.references = body.get("references") or s.references
+    s.walk_resolution = body.get("resolution", s.walk_resolution)
+    if "cameras" in body:
+        s.walk_path = "ANIMATION"
+    else:
+        s.walk_path = "PRESET"
+        s.walk_motion, s.walk_frames = body.get("motion", s.walk_motion), body.get("frames", s.walk_frames)
+        s.walk_step = body.get("step", 0.0)

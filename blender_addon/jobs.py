@@ -2,8 +2,9 @@
 
 The thread (optionally) uploads the image and submits the job, polls it, downloads each new
 preview and, when the job is done, downloads and parses its result: the mesh (and, for an
-image-to-3D job, the placement from run.json) or the novel views (views.json and the view
-images, into a temporary folder); a mesh's textures (texture.png, normal.png) go to a temporary
+image-to-3D job, the placement from run.json), the novel views (views.json and the view
+images, into a temporary folder) or a scene walk's scene mesh and frames (a temporary folder
+too); a mesh's textures (texture.png, normal.png) go to a temporary
 folder too, for the importer to load and pack. Blender's main thread only reads `snapshot()` from a timer
 (a lock and a copy: microseconds) and builds objects from data that is ready, so the UI never
 waits on the network or on parsing.
@@ -55,6 +56,17 @@ class ViewSet:
 
 
 @dataclass
+class WalkSet:
+    """A scene walk's frames on this machine, in `folder`: frames[k] is frame k's file (the
+    importer moves them into the add-on's folder, then deletes this one)."""
+
+    folder: str
+    frames: list[str]
+    width: int
+    height: int
+
+
+@dataclass
 class Snapshot:
     job: dict = field(default_factory=dict)     # the latest GET /jobs/{id}
     job_id: str = ""                             # "" until the job is submitted
@@ -65,6 +77,7 @@ class Snapshot:
     note: str = ""                               # what the result lacks (e.g. a texture), for the report
     placement: cameras.Matrix | None = None      # image_to_3d: canonical -> world (run.json)
     views: ViewSet | None = None                 # novel_views: the downloaded views
+    walk: WalkSet | None = None                  # scene_walk: the frames (`mesh` is the scene mesh)
     error: str = ""                              # what went wrong and what to do
     finished: bool = False
 
@@ -198,6 +211,8 @@ class JobWatcher:
         kind = self.kind or job.get("kind") or "text_to_3d"
         if kind == "novel_views":
             return {"views": self._fetch_views()}
+        if kind == "scene_walk":
+            return self._fetch_walk()
         mesh = read_ply(self.client.download(self.job_id, "result.ply"))
         if mesh.face_count == 0:
             return {"error": "The job finished but its mesh is empty. Run it again with more steps or another seed."}
@@ -258,6 +273,30 @@ class JobWatcher:
             pass   # the views are the result; the contact sheet is a nicety
         return result
 
+    def _fetch_walk(self) -> dict:
+        """The scene mesh (scene.ply: Z up, the cameras' world, metres) and every frame."""
+        mesh = read_ply(self.client.download(self.job_id, "scene.ply"))
+        if mesh.face_count == 0:
+            return {"error": "The walk finished but its scene mesh is empty. Check that the start frame shows the "
+                             "scene (not only the world background), or start from the prompt."}
+        record = json.loads(self.client.download(self.job_id, "run.json"))
+        outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else record
+        count, width, height = (outputs.get(key) for key in ("frames", "width", "height"))
+        if not all(isinstance(v, int) and v > 0 for v in (count, width, height)):
+            raise ValueError("run.json has no 'frames', 'width' and 'height'; is the backend the same version as "
+                             "the add-on?")
+        folder = Path(tempfile.mkdtemp(prefix=f"dreamsculpt-walk-{self.job_id}-"))
+        frames = []
+        try:
+            for k in range(count):
+                path = folder / f"{k:04d}.png"
+                path.write_bytes(self.client.download(self.job_id, f"frames/{k:04d}.png"))
+                frames.append(str(path))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return {"mesh": mesh, "walk": WalkSet(str(folder), frames, width, height)}
+
     def _fetch_preview(self, version: int) -> None:
         try:
             data = self.client.download(self.job_id, "preview.png")
@@ -271,12 +310,17 @@ class JobWatcher:
         self._set(preview_path=str(path), preview_version=version + 1)
 
 
-def upload_and_submit(client: Client, image_path: str, body: dict) -> Callable[[], dict]:
-    """A `submit` for JobWatcher: read the image, POST /images, then POST /jobs naming it."""
+def upload_and_submit(client: Client, image_path: str, body: dict, depth_path: str = "") -> Callable[[], dict]:
+    """A `submit` for JobWatcher: read the image, POST /images, then POST /jobs naming it; with
+    `depth_path` (a scene walk's start depth) also POST /images?depth=true, named as its
+    "depth_image"."""
 
     def submit() -> dict:
         data = Path(image_path).read_bytes()
         image = client.upload_image(data)
-        return client.submit({**body, "image": image["image"]})
+        ids = {"image": image["image"]}
+        if depth_path:
+            ids["depth_image"] = client.upload_depth(Path(depth_path).read_bytes())["image"]
+        return client.submit({**body, **ids})
 
     return submit

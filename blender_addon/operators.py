@@ -10,7 +10,7 @@ import time
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import backend_process, capture
+from . import backend_process, capture, walk_capture
 from .client import BackendError
 from .job_requests import job_body
 from .preferences import make_client, start_backend
@@ -32,8 +32,8 @@ class DREAMSCULPT_OT_report(bpy.types.Operator):
 
 
 class DREAMSCULPT_OT_generate(bpy.types.Operator):
-    """Make the panel's mode from its settings: a mesh from the prompt, or a mesh or novel
-    views from the active camera's render or an image file"""
+    """Make the panel's mode from its settings: a mesh from the prompt, a mesh or novel views
+    from the active camera's render or an image file, or a scene walk along the camera's path"""
 
     bl_idname, bl_label, bl_options = "dreamsculpt.generate", "Generate", {"REGISTER"}
     wait: EnumProperty(name="Wait", items=WAIT_ITEMS, default="AUTO", options={"SKIP_SAVE"})
@@ -42,15 +42,17 @@ class DREAMSCULPT_OT_generate(bpy.types.Operator):
         s = context.scene.dreamsculpt
         if refuse_if_busy(self, s):
             return {"CANCELLED"}
-        image = None
-        if s.mode != "text_to_3d":
-            try:
+        image = walk = None
+        try:   # nothing in the scene changes on a refusal
+            if s.mode == "scene_walk":
+                walk, image = walk_capture.walk_job(context, s)
+            elif s.mode != "text_to_3d":
                 image = capture.job_image(context, s)
-            except BackendError as exc:   # nothing in the scene changes
-                self.report({"ERROR"}, str(exc))
-                return {"CANCELLED"}
-        body = job_body(s, image, bpy.path.abspath)
-        return submit_job(self, context, body, image, s.view_planes and s.mode == "novel_views", self.wait)
+        except BackendError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        body = job_body(s, image, bpy.path.abspath, walk)
+        return submit_job(self, context, body, image, s.view_planes and s.mode == "novel_views", self.wait, walk)
 
 
 class DREAMSCULPT_OT_cancel(bpy.types.Operator):

@@ -24,7 +24,10 @@ STATUSES = ["uploading", "queued", "running", "done", "failed", "cancelled", "in
 MODES = [("text_to_3d", "Text → 3D", "A coloured mesh from a prompt"),
          ("image_to_3d", "Camera image → 3D",
           "A mesh from one image, placed so that it lines up with what the camera saw"),
-         ("novel_views", "Novel views", "Pictures of the object from around it, from one image")]
+         ("novel_views", "Novel views", "Pictures of the object from around it, from one image"),
+         ("scene_walk", "Scene walk",
+          "A scene mesh made frame by frame along the camera's path (SceneScape), extending the render of "
+          "your scene or made from the prompt")]
 IMAGE_SOURCES = [("CAMERA", "Active Camera",
                   "Render the scene's active camera (transparent film: the alpha is the object's mask)"),
                  ("FILE", "Image File", "A PNG, JPEG or WebP on this machine (with alpha, or on a plain background)")]
@@ -35,6 +38,18 @@ DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
 REFINE_MODES = [("PRESET", "Preset", "As the Quality preset: on for High (1000 steps), off for Preview and Standard"),
                 ("OFF", "Off", "No refinement: the mesh is the field's surface"),
                 ("CUSTOM", "Custom", "Refine the mesh for Refine Steps")]
+WALK_PATHS = [("ANIMATION", "Camera Animation",
+               "The active camera's animation over the scene's frame range, every k-th frame"),
+              ("PRESET", "Preset Move", "A move from the active camera as it is now")]
+MOTIONS = [("forward", "Forward", "Along the view, metres a frame"),
+           ("backward", "Backward", "Back along the view, metres a frame"),
+           ("orbit", "Orbit", "Around the point 2 m ahead, to the right, degrees a frame"),
+           ("pan", "Pan", "Turning right on the spot, degrees a frame")]
+WALK_STARTS = [("RENDER", "Scene Render",
+                "Start from the active camera's render of your scene (and its depth): the walk extends your set"),
+               ("PROMPT", "Prompt Only", "The first frame is made from the prompt")]
+DEFAULT_INPAINT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
 ORIGINS = [("center", "Center", "The object's origin is the centre of its bounding box"),
            ("bottom", "Bottom", "The object's origin is the centre of its bottom: it stands on the 3D cursor")]
 
@@ -58,6 +73,10 @@ class DreamsculptHistoryEntry(bpy.types.PropertyGroup):
                                                          "picked file)")
     request: StringProperty(name="Request", description="The job's body (JSON; image modes without the image's id)")
     view_planes: BoolProperty(name="Image Planes")
+    frame_start: IntProperty(name="Frame Start", default=1,
+                             description="Scene walk: the timeline frame of the path's first camera")
+    frame_step: IntProperty(name="Frame Step", default=1, min=1,
+                            description="Scene walk: timeline frames between the path's cameras")
 
 
 class DreamsculptSettings(bpy.types.PropertyGroup):
@@ -72,7 +91,7 @@ class DreamsculptSettings(bpy.types.PropertyGroup):
     preset: EnumProperty(name="Quality", items=PRESETS, default="standard")
     steps: IntProperty(name="Steps", default=0, min=0, max=100_000,
                        description="Optimisation steps (0: the preset's); novel views: denoising steps per view "
-                                   "(0: 50)")
+                                   "(0: 50); scene walk: denoising steps per frame (0: 30)")
     guidance_scale: FloatProperty(name="Guidance Scale", default=0.0, min=0.0, max=1000.0,
                                   description="Classifier-free guidance (0: the prior's default)")
     refine_mode: EnumProperty(name="Refine Mesh", items=REFINE_MODES, default="PRESET",
@@ -123,6 +142,25 @@ class DreamsculptSettings(bpy.types.PropertyGroup):
                               description="Longer side of the camera render, pixels")
     capture_samples: IntProperty(name="Capture Samples", default=16, min=1, max=4096,
                                  description="Render samples of the capture (Cycles, EEVEE)")
+    # Scene walk.
+    walk_path: EnumProperty(name="Path", items=WALK_PATHS, default="ANIMATION")
+    walk_every: IntProperty(name="Every k Frames", default=1, min=1, max=1000,
+                            description="Take the camera at every k-th frame of the scene's frame range")
+    walk_motion: EnumProperty(name="Motion", items=MOTIONS, default="forward")
+    walk_frames: IntProperty(name="Frames", default=20, min=2, max=1000,
+                             description="Frames of the preset move, the start included")
+    walk_step: FloatProperty(name="Step", default=0.0, min=0.0, max=100.0,
+                             description="The move's step per frame: metres (forward, backward) or degrees "
+                                         "(orbit, pan); 0: 0.1 m or 5 degrees")
+    walk_start: EnumProperty(name="Start", items=WALK_STARTS, default="RENDER")
+    walk_resolution: IntProperty(name="Resolution", default=512, min=64, max=1024,
+                                 description="Longer side of the walk's frames (and of the start render), pixels")
+    inpaint_model: StringProperty(name="Inpainting Model", default=DEFAULT_INPAINT_MODEL,
+                                  description="Scene walk: Stable Diffusion inpainting model, hub id, diffusers "
+                                              "folder or one file, on the backend's machine")
+    depth_model: StringProperty(name="Depth Model", default=DEFAULT_DEPTH_MODEL,
+                                description="Scene walk: depth model, hub id or transformers folder, on the "
+                                            "backend's machine")
     replace_previous: BoolProperty(name="Replace Previous", default=False,
                                    description="Importing a history entry again replaces the object it made before")
 

@@ -9,7 +9,7 @@ import time
 import uuid
 
 from .client import BackendError
-from .job_requests import JobImage
+from .job_requests import JobImage, WalkPath
 from .jobs import JobWatcher, upload_and_submit
 from .preferences import make_client, user_folder
 from .timer import follow
@@ -24,11 +24,13 @@ def refuse_if_busy(op, s) -> bool:
     return False
 
 
-def submit_job(op, context, body: dict, image: JobImage | None, planes: bool, wait: str) -> set:
-    """Send `body` and follow its job. A text job is sent here, so a refusal leaves the scene
-    as it was; an image job is uploaded and sent on the job's thread (the picture may be
-    large), known by a local key until the backend gives its id. `planes`: novel views also
-    as image planes."""
+def submit_job(op, context, body: dict, image: JobImage | None, planes: bool, wait: str,
+               walk: WalkPath | None = None) -> set:
+    """Send `body` and follow its job. A job without an image is sent here, so a refusal leaves
+    the scene as it was; an image job (a scene walk's start render and its depth too) is
+    uploaded and sent on the job's thread (the picture may be large), known by a local key
+    until the backend gives its id. `planes`: novel views also as image planes; `walk`: a
+    scene walk's path (its camera and timeline go into the history entry)."""
     try:
         client = make_client(context)
         job = client.submit(body) if image is None else None
@@ -38,18 +40,19 @@ def submit_job(op, context, body: dict, image: JobImage | None, planes: bool, wa
     previews = user_folder("previews")
     if job is not None:
         key, status, total = job["id"], job["status"], job["total"]
-        watcher = JobWatcher(client, key, previews, poll_s=POLL_S)
+        watcher = JobWatcher(client, key, previews, poll_s=POLL_S, kind=body["kind"])
     else:
         key, status, total = f"local-{uuid.uuid4().hex[:12]}", "uploading", 0
         watcher = JobWatcher(client, "", previews, poll_s=POLL_S, kind=body["kind"],
-                             submit=upload_and_submit(client, image.path, body))
+                             submit=upload_and_submit(client, image.path, body, image.depth_path))
     s = context.scene.dreamsculpt
-    _record(s, key, status, body, image, planes)
+    _record(s, key, status, body, image, planes, walk)
     s.job_id, s.job_status, s.job_stage, s.job_step, s.job_total, s.last_error = key, status, "", 0, total, ""
     return follow(op, context, watcher, key, wait)
 
 
-def _record(s, key: str, status: str, body: dict, image: JobImage | None, planes: bool) -> None:
+def _record(s, key: str, status: str, body: dict, image: JobImage | None, planes: bool,
+            walk: WalkPath | None) -> None:
     """A new history entry for the job just sent, made the active one."""
     entry = s.history.add()
     entry.job_id, entry.mode, entry.request, entry.status = key, body["kind"], json.dumps(body), status
@@ -59,4 +62,6 @@ def _record(s, key: str, status: str, body: dict, image: JobImage | None, planes
     entry.preset, entry.created = body.get("preset", ""), time.strftime("%Y-%m-%d %H:%M")
     if image is not None:
         entry.source, entry.image_path, entry.view_planes = image.source, image.path, planes
+    if walk is not None:
+        entry.source, entry.frame_start, entry.frame_step = walk.source, walk.frame_start, walk.frame_step
     s.history_index = len(s.history) - 1

@@ -127,10 +127,14 @@ class StableDiffusionInpainter:
         self.model: str | None = model
         self.steps, self.guidance_scale, self.candidates = steps, guidance_scale, candidates
         self.on_step = on_step
-        best_of = f", best of {candidates} by seam" if candidates > 1 else ""
-        dtype = str(pipe.unet.dtype).replace("torch.", "")
-        self.description = (f"Stable Diffusion inpainting ({model}; {steps} steps, guidance "
-                            f"{guidance_scale:g}{best_of}, {dtype}, {pipe.device})")
+
+    @property
+    def description(self) -> str:
+        """One line for run.json, with the settings as they are now (a job may change them)."""
+        best_of = f", best of {self.candidates} by seam" if self.candidates > 1 else ""
+        dtype = str(self.pipe.unet.dtype).replace("torch.", "")
+        return (f"Stable Diffusion inpainting ({self.model}; {self.steps} steps, guidance "
+                f"{self.guidance_scale:g}{best_of}, {dtype}, {self.pipe.device})")
 
     def inpaint(self, image: torch.Tensor, hole: torch.Tensor, camera: Pinhole, prompt: str,
                 generator: torch.Generator) -> torch.Tensor:
