@@ -19,7 +19,7 @@ from dreamsculpt.scenes.scene_mesh import render_mesh
 from dreamsculpt.tasks import scene_walk
 from PIL import Image
 from pydantic import ValidationError
-from test_scene_walk import FOCAL, H, W, walk_path
+from test_scene_walk import FOCAL, W, walk_path
 from tiny_scene_models import build_tiny_depth_anything, build_tiny_inpainting
 
 LENS = FOCAL / W * 36.0          # the Blender lens of the tests' cameras on a 36 mm sensor
@@ -190,3 +190,22 @@ def test_a_walk_on_your_own_rgbd_frames_reproduces_them(tmp_path):
         truth = render_mesh(room.mesh(), cameras[k]).rgb[0]
         made = read_rgb(out / "frames" / f"{k:04d}.png")
         assert -10 * math.log10(float((made - truth).square().mean())) >= 22.0, k
+
+
+def test_the_walk_video_is_an_mp4_with_the_encoder_and_a_gif_without(tmp_path, monkeypatch):
+    import sys
+
+    from dreamsculpt.scenes.outputs import write_video
+
+    frames = []
+    for k in range(3):
+        save_rgb(torch.full((3, 42, 64), k / 3.0), tmp_path / f"{k}.png")
+        frames.append(tmp_path / f"{k}.png")
+    pytest.importorskip("imageio_ffmpeg")
+    video = write_video(frames, tmp_path)
+    import imageio.v3 as iio
+
+    assert video.name == "walk.mp4" and iio.imread(video, index=None).shape[:3] == (3, 42, 64)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)          # as if it were not installed
+    gif = write_video(frames, tmp_path)
+    assert gif.name == "walk.gif" and Image.open(gif).n_frames == 3

@@ -48,7 +48,9 @@ def write_video(frames: list[Path], out_dir: Path) -> Path:
         return _gif(frames, out_dir / "walk.gif")
     path = out_dir / "walk.mp4"
     images = [_even(np.asarray(Image.open(f).convert("RGB"))) for f in frames]
-    _replace(path, lambda p: iio.imwrite(p, np.stack(images), fps=FPS, codec="libx264", extension=".mp4"))
+    # macro_block_size 1: the frames keep their size (imageio would pad them to multiples of 16).
+    _replace(path, lambda p: iio.imwrite(p, np.stack(images), fps=FPS, codec="libx264", macro_block_size=1,
+                                         extension=".mp4"))
     return path
 
 
@@ -65,7 +67,8 @@ def _even(image: np.ndarray) -> np.ndarray:
 
 
 def _replace(path: Path, write) -> None:
-    """Write through a temporary name, so a kill mid-write leaves no half file."""
-    part = path.with_name(f".{path.name}.part")
+    """Write through a temporary name (its suffix kept: ffmpeg picks the format by it), so a
+    kill mid-write leaves no half file."""
+    part = path.with_name(f".{path.stem}.part{path.suffix}")
     write(part)
     part.replace(path)
