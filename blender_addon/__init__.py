@@ -1,13 +1,13 @@
 """Dreamsculpt for Blender: text, or the active camera's render, to a coloured 3D mesh (or to
-novel views) from a sidebar panel, made by the Dreamsculpt job server (`dreamsculpt serve`)
-and imported into the scene.
+novel views, or a scene walked along the camera's path) from a sidebar panel, made by the
+Dreamsculpt job server (`dreamsculpt serve`) and imported into the scene.
 
 The modules, in layers; each imports only from its own layer or the ones above it, and no
 import (counting those inside functions) closes a cycle (tests/test_addon_layers.py):
   1. without bpy: client, plymesh, cameras, jobs, backend_process (HTTP, job threads, meshes,
      camera maths, the backend process), job_requests (job bodies), watchers (what the
-     threads watch);
-  2. bpy, the parts: properties, preferences, capture, materials, importer;
+     threads watch), walks (a scene walk's depth PNG and frame sequence);
+  2. bpy, the parts: properties, preferences, capture, walk_capture, materials, importer;
   3. bpy, the main thread's side of a job: results (snapshot into scene), timer, submit;
   4. bpy, what the user touches: operators, history, panels.
 """

@@ -117,19 +117,21 @@ def _depth_pass(scene, folder: Path):
     axis, not along the ray: measured in Cycles, EEVEE and Workbench), in world units; where
     nothing is hit it is 1e10 (Cycles, Workbench) or the camera's clip end (EEVEE)."""
     tree = bpy.data.node_groups.new("Dreamsculpt depth", "CompositorNodeTree")
+    layer = _view_layer(scene)
     try:
-        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
-        nodes, layer = tree.nodes, _view_layer(scene)
-        render_layers, output, depth = (nodes.new("CompositorNodeRLayers"), nodes.new("NodeGroupOutput"),
-                                        nodes.new("CompositorNodeOutputFile"))
-        render_layers.scene, render_layers.layer = scene, layer.name
-        depth.directory, depth.file_name = str(folder) + "/", "depth"
-        depth.format.media_type, depth.format.file_format = "IMAGE", "OPEN_EXR"
-        depth.format.color_depth, depth.format.color_mode = "32", "BW"
-        depth.file_output_items.new("FLOAT", "Depth")
-        tree.links.new(render_layers.outputs["Image"], output.inputs[0])
-        tree.links.new(render_layers.outputs["Depth"], depth.inputs["Depth"])
-        with _changed((scene, {"compositing_node_group": tree}), (layer, {"use_pass_z": True})):
+        # The pass first: Render Layers shows a Depth output only while the layer has it.
+        with _changed((layer, {"use_pass_z": True}), (scene, {"compositing_node_group": tree})):
+            tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+            nodes = tree.nodes
+            render_layers, output, depth = (nodes.new("CompositorNodeRLayers"), nodes.new("NodeGroupOutput"),
+                                            nodes.new("CompositorNodeOutputFile"))
+            render_layers.scene, render_layers.layer = scene, layer.name
+            depth.directory, depth.file_name = str(folder) + "/", "depth"
+            depth.format.media_type, depth.format.file_format = "IMAGE", "OPEN_EXR"
+            depth.format.color_depth, depth.format.color_mode = "32", "BW"
+            depth.file_output_items.new("FLOAT", "Depth")
+            tree.links.new(render_layers.outputs["Image"], output.inputs[0])
+            tree.links.new(render_layers.outputs["Depth"], depth.inputs["Depth"])
             yield
     finally:
         bpy.data.node_groups.remove(tree)
@@ -186,6 +188,9 @@ def render_with_depth(scene, path: Path, longest: int = 512, samples: int = 16) 
     bit) and its view depth into walks.depth_path(path) (16-bit grey PNG, millimetres, 0 where
     the world shows). Returns the image's (width, height)."""
     camera = active_camera(scene)
+    if not hasattr(scene, "compositing_node_group"):   # Blender 4.x: scene.node_tree, another File Output API
+        raise CaptureError("Starting a walk from the scene's render needs Blender 5.0 or later (its compositor "
+                           "writes the depth). Update Blender, or set Start to Prompt Only.")
     folder = Path(tempfile.mkdtemp(prefix="dreamsculpt-depth-"))
     try:
         width, height = render_camera(scene, path, longest, samples, transparent=False, depth_folder=folder)

@@ -13,12 +13,13 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty
 
 from .client import BackendError
-from .job_requests import JobImage, job_body, prompt_to_settings, to_settings
+from .job_requests import JobImage, job_body, prompt_to_settings, to_settings, walk_of
 from .jobs import JobWatcher
 from .preferences import make_client, user_folder
 from .results import finish
 from .submit import refuse_if_busy, submit_job
 from .timer import WAIT_ITEMS, follow_with_timer
+from .walks import depth_path
 from .watchers import POLL_S
 
 
@@ -84,21 +85,26 @@ def to_editor(entry, s, settings_too: bool) -> None:
         prompt_to_settings(body, s)
         return
     to_settings(body, s)
-    if entry.mode != "text_to_3d":
+    if entry.mode == "scene_walk":
+        s.walk_start = "RENDER" if entry.image_path else "PROMPT"
+    elif entry.mode != "text_to_3d":
         s.view_planes = entry.view_planes
         if s.image_source == "FILE":
             s.image_path = entry.image_path
 
 
 def entry_image(entry) -> JobImage:
-    """An image job's picture as it was sent: its file, and the camera recorded in its body."""
+    """An image job's picture as it was sent: its file, and the camera recorded in its body (a
+    scene walk's start render: the render and its depth beside it)."""
+    if entry.mode == "scene_walk":
+        return JobImage(entry.image_path, entry.source, depth_path=str(depth_path(entry.image_path)))
     body = json.loads(entry.request or "{}")
     return JobImage(entry.image_path, entry.source, body.get("camera"), body.get("depth"))
 
 
 class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
     """Run this job again, with the same seed or a new one (an image job sends the same image
-    and camera again)"""
+    and camera again, a scene walk the same path and start render)"""
 
     bl_idname, bl_label = "dreamsculpt.history_rerun", "Run Again"
     new_seed: BoolProperty(name="New Seed", default=False, options={"SKIP_SAVE"})
@@ -112,15 +118,18 @@ class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
             s.seed = random.randrange(2**31 - 1)
         if refuse_if_busy(self, s):
             return {"CANCELLED"}
-        image = None
-        if entry.mode != "text_to_3d":
-            if not Path(entry.image_path).is_file():
-                self.report({"ERROR"}, f"This job's image ({entry.image_path}) is gone. Capture or pick the image "
+        image = walk = None
+        if entry.mode == "scene_walk":
+            walk = walk_of(recorded_body(entry, s), entry.frame_start, entry.frame_step, entry.source)
+        if entry.mode != "text_to_3d" and (entry.mode != "scene_walk" or entry.image_path):
+            image = entry_image(entry)
+            missing = [p for p in (image.path, image.depth_path) if p and not Path(p).is_file()]
+            if missing:
+                self.report({"ERROR"}, f"This job's image ({missing[0]}) is gone. Capture or pick the image "
                                        "again and press Generate.")
                 return {"CANCELLED"}
-            image = entry_image(entry)
-        body = job_body(s, image, bpy.path.abspath)
-        return submit_job(self, context, body, image, entry.view_planes, "AUTO")
+        body = job_body(s, image, bpy.path.abspath, walk)
+        return submit_job(self, context, body, image, entry.view_planes, "AUTO", walk)
 
 
 class DREAMSCULPT_OT_history_copy_prompt(_HistoryOperator, bpy.types.Operator):

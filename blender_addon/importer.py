@@ -1,6 +1,7 @@
 """The one place where results become Blender data: a smooth mesh with a UV map and a
 FLOAT_COLOR point colour attribute, wearing its textures or its colours (materials.py); novel
-views as packed images and image planes. Main thread only (timers, operators)."""
+views as packed images and image planes; a scene walk's mesh where its cameras were and its
+frames as an image sequence behind the camera. Main thread only (timers, operators)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from pathlib import Path
 import bpy
 from mathutils import Matrix
 
-from . import cameras, materials
-from .jobs import TextureSet, ViewSet
+from . import cameras, materials, walks
+from .jobs import TextureSet, ViewSet, WalkSet
 from .plymesh import MeshArrays
 
 COLLECTION = "Dreamsculpt"
+SCENES_COLLECTION = "Dreamsculpt Scenes"
 
 
-def _collection(scene: bpy.types.Scene) -> bpy.types.Collection:
-    collection = bpy.data.collections.get(COLLECTION)
+def _collection(scene: bpy.types.Scene, name: str = COLLECTION) -> bpy.types.Collection:
+    collection = bpy.data.collections.get(name)
     if collection is None:
-        collection = bpy.data.collections.new(COLLECTION)
+        collection = bpy.data.collections.new(name)
     if collection.name not in scene.collection.children:
         scene.collection.children.link(collection)
     return collection
@@ -53,8 +55,8 @@ def build_mesh(name: str, arrays: MeshArrays) -> bpy.types.Mesh:
 
 def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, properties: dict,
                   replace: bpy.types.Object | None = None, placement: list | None = None,
-                  textures: TextureSet | None = None) -> bpy.types.Object:
-    """Add the mesh as an object in the "Dreamsculpt" collection, with `properties` as custom
+                  textures: TextureSet | None = None, collection: str = COLLECTION) -> bpy.types.Object:
+    """Add the mesh as an object in `collection` ("Dreamsculpt"), with `properties` as custom
     properties: at the 3D cursor (its origin there: the backend's "bottom" origin stands it on
     the cursor), or, given `placement` (an image job's canonical -> world 4x4, row-major),
     where the camera saw the object. With `textures` (and UVs) it gets a material of its own
@@ -67,7 +69,7 @@ def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, pro
         mesh.materials.append(materials.textured_material(obj.name, textures))
     else:
         mesh.materials.append(materials.vertex_color_material())
-    _collection(scene).objects.link(obj)
+    _collection(scene, collection).objects.link(obj)
     obj.location = scene.cursor.location.copy()
     for key, value in properties.items():
         obj[key] = value
@@ -83,7 +85,8 @@ def import_result(context: bpy.types.Context, arrays: MeshArrays, name: str, pro
             bpy.data.meshes.remove(old_mesh)
             materials.remove_unused(old_materials)
     for other in context.view_layer.objects:
-        other.select_set(False)
+        if other is not None:   # the replaced object's base, until the view layer is synced again
+            other.select_set(False)
     obj.select_set(True)
     context.view_layer.objects.active = obj
     bpy.ops.ed.undo_push(message=f"Dreamsculpt: import {name}")
@@ -110,15 +113,26 @@ def load_view_images(views: ViewSet, label: str, properties: dict) -> tuple[list
     return images, sheet
 
 
-def show_in_image_editor(context: bpy.types.Context, image: bpy.types.Image) -> bool:
-    """Show `image` in the first open Image Editor; False when none is open."""
+def show_in_image_editor(context: bpy.types.Context, image: bpy.types.Image,
+                         sequence: tuple[int, int] | None = None) -> bool:
+    """Show `image` in the first open Image Editor (an image sequence: `sequence` is its first
+    timeline frame and length, as _play_sequence sets them); False when none is open."""
     for window in getattr(context.window_manager, "windows", []):
         for area in window.screen.areas:
             if area.type == "IMAGE_EDITOR":
                 area.spaces.active.image = image
+                if sequence is not None:
+                    _play_sequence(area.spaces.active.image_user, *sequence)
                 area.tag_redraw()
                 return True
     return False
+
+
+def _play_sequence(image_user: bpy.types.ImageUser, frame_start: int, length: int) -> None:
+    """File n (0001.png on) of the sequence at timeline frame frame_start + n - 1: Blender
+    shows file (frame - frame_start + 1 + offset), held at the last one after the end."""
+    image_user.frame_start, image_user.frame_duration, image_user.frame_offset = frame_start, length, 0
+    image_user.use_auto_refresh, image_user.use_cyclic = True, False
 
 
 def view_material(image: bpy.types.Image) -> bpy.types.Material:
@@ -182,3 +196,29 @@ def import_views(context: bpy.types.Context, views: ViewSet, label: str, planes:
     shutil.rmtree(views.folder, ignore_errors=True)   # everything is packed
     bpy.ops.ed.undo_push(message=f"Dreamsculpt: novel views {label}")
     return images, objects
+
+
+def import_walk_frames(context: bpy.types.Context, walk: WalkSet, folder: Path, camera: bpy.types.Object | None,
+                       frame_start: int, frame_step: int, label: str, properties: dict) -> bpy.types.Image:
+    """A scene walk's frames as an image sequence in `folder` (walks.lay_out_sequence: one file
+    per timeline frame, so it advances every `frame_step` frames, frame k at frame_start + k *
+    frame_step where path camera k is), shown behind `camera` (it replaces an earlier walk's
+    there) and in an open Image Editor. The files stay in `folder` (emptied first: Import Again
+    lays them out anew): a sequence is not packed."""
+    shutil.rmtree(folder, ignore_errors=True)
+    files = walks.lay_out_sequence(walk.frames, frame_step, folder)
+    shutil.rmtree(walk.folder, ignore_errors=True)
+    image = bpy.data.images.load(str(files[0]), check_existing=False)
+    image.source, image.name = "SEQUENCE", f"Dreamsculpt walk {label}"
+    for key, value in properties.items():
+        image[key] = value
+    if camera is not None and camera.type == "CAMERA":
+        backgrounds = camera.data.background_images
+        for old in [b for b in backgrounds if b.image is not None and "dreamsculpt_job_id" in b.image]:
+            backgrounds.remove(old)
+        background = backgrounds.new()
+        background.image = image
+        _play_sequence(background.image_user, frame_start, len(files))
+        camera.data.show_background_images = True
+    show_in_image_editor(context, image, (frame_start, len(files)))
+    return image

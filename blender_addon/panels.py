@@ -104,6 +104,31 @@ def draw_image_mode(col, s, scene) -> None:
         col.prop(s, "view_planes")
 
 
+def draw_walk_mode(col, s, scene) -> None:
+    """The scene walk: what the scene is, the path, and where it starts."""
+    col.prop(s, "prompt", text="")
+    col.prop(s, "prior")
+    if s.prior == "sd":
+        col.prop(s, "inpaint_model")
+        col.prop(s, "depth_model")
+    elif s.prior == "references":
+        col.prop(s, "references")
+    col.row().prop(s, "walk_path", expand=True)
+    problem = camera_problem(scene)
+    col.label(text=problem or f"Camera: {scene.camera.name}", icon="ERROR" if problem else "CAMERA_DATA")
+    if s.walk_path == "ANIMATION":
+        col.prop(s, "walk_every")
+        count = len(range(scene.frame_start, scene.frame_end + 1, s.walk_every))
+        col.label(text=f"{count} path frames from {scene.frame_start} to {scene.frame_end}")
+    else:
+        col.prop(s, "walk_motion")
+        row = col.row(align=True)
+        row.prop(s, "walk_frames")
+        row.prop(s, "walk_step")
+    col.row().prop(s, "walk_start", expand=True)
+    col.prop(s, "walk_resolution")
+
+
 def draw_asset(col, s) -> None:
     """The mesh kinds' asset: how large (0: automatic) and where its origin is."""
     row = col.row(align=True)
@@ -111,7 +136,10 @@ def draw_asset(col, s) -> None:
     row.prop(s, "origin", text="")
 
 
-GENERATE_TEXT = {"text_to_3d": "Generate", "image_to_3d": "Make 3D from Image", "novel_views": "Make Novel Views"}
+GENERATE_TEXT = {"text_to_3d": "Generate", "image_to_3d": "Make 3D from Image", "novel_views": "Make Novel Views",
+                 "scene_walk": "Walk the Scene"}
+#: The kinds that optimise a field into a mesh (quality preset, asset and mesh options).
+MESH_MODES = ("text_to_3d", "image_to_3d")
 
 
 class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
@@ -126,12 +154,14 @@ class VIEW3D_PT_dreamsculpt(bpy.types.Panel):
         col = layout.column()
         if s.mode == "text_to_3d":
             draw_text_mode(col, s)
+        elif s.mode == "scene_walk":
+            draw_walk_mode(col, s, context.scene)
         else:
             draw_image_mode(col, s, context.scene)
         row = col.row(align=True)
         row.prop(s, "seed")
         row.operator("dreamsculpt.randomize_seed", text="", icon="FILE_REFRESH")
-        if s.mode != "novel_views":
+        if s.mode in MESH_MODES:
             col.prop(s, "preset")
             draw_asset(col, s)
         if is_followed(s.job_id):
@@ -154,9 +184,9 @@ class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
     def draw(self, context):
         s = context.scene.dreamsculpt
         col = self.layout.column()
-        col.prop(s, "steps", text="Denoising Steps" if s.mode == "novel_views" else "Steps")
+        col.prop(s, "steps", text="Steps" if s.mode in MESH_MODES else "Denoising Steps")
         col.prop(s, "guidance_scale")
-        if s.mode != "novel_views":
+        if s.mode in MESH_MODES:
             col.prop(s, "refine_mode")
             if s.refine_mode == "CUSTOM":
                 col.prop(s, "refine_steps")
@@ -169,7 +199,11 @@ class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
             col.separator()
             col.prop(s, "image_prompt")
             col.prop(s, "text_weight")
-        if s.mode != "text_to_3d":
+        if s.mode == "scene_walk":
+            if s.walk_start == "RENDER":
+                col.separator()
+                col.prop(s, "capture_samples")
+        elif s.mode != "text_to_3d":
             col.separator()
             if s.image_source == "CAMERA":
                 col.prop(s, "capture_size")
@@ -183,7 +217,7 @@ class VIEW3D_PT_dreamsculpt_advanced(bpy.types.Panel):
             col.prop(s, "replace_previous")
 
 
-MODE_NAMES = {"image_to_3d": "Image → 3D", "novel_views": "Views"}
+MODE_NAMES = {"image_to_3d": "Image → 3D", "novel_views": "Views", "scene_walk": "Walk"}
 
 
 class DREAMSCULPT_UL_history(bpy.types.UIList):
@@ -192,7 +226,9 @@ class DREAMSCULPT_UL_history(bpy.types.UIList):
                  "uploading": "EXPORT"}
         row = layout.row(align=True)
         text = item.prompt or "(no prompt)"
-        if item.mode in MODE_NAMES:
+        if item.mode == "scene_walk":
+            text = f"{MODE_NAMES[item.mode]}: {item.prompt}"
+        elif item.mode in MODE_NAMES:
             text = f"{MODE_NAMES[item.mode]}: {item.source}"
         row.label(text=text, icon=icons.get(item.status, "QUESTION"))
         row.label(text=f"seed {item.seed} · {item.created[-5:]}")
@@ -211,6 +247,8 @@ class VIEW3D_PT_dreamsculpt_history(bpy.types.Panel):
         col = layout.column(align=True)
         if entry.mode == "novel_views":
             col.label(text=f"{entry.status} · {entry.prior} · novel views · job {entry.job_id}")
+        elif entry.mode == "scene_walk":
+            col.label(text=f"{entry.status} · {entry.prior} · scene walk from '{entry.source}' · job {entry.job_id}")
         else:
             col.label(text=f"{entry.status} · {entry.prior} · {entry.preset} · job {entry.job_id}")
         if entry.error:

@@ -26,8 +26,8 @@ MODES = [("text_to_3d", "Text → 3D", "A coloured mesh from a prompt"),
           "A mesh from one image, placed so that it lines up with what the camera saw"),
          ("novel_views", "Novel views", "Pictures of the object from around it, from one image"),
          ("scene_walk", "Scene walk",
-          "A scene mesh made frame by frame along the camera's path (SceneScape), extending the render of "
-          "your scene or made from the prompt")]
+          ("A scene mesh made frame by frame along the camera's path (SceneScape), extending the render of "
+           "your scene or made from the prompt"))]
 IMAGE_SOURCES = [("CAMERA", "Active Camera",
                   "Render the scene's active camera (transparent film: the alpha is the object's mask)"),
                  ("FILE", "Image File", "A PNG, JPEG or WebP on this machine (with alpha, or on a plain background)")]

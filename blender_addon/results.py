@@ -1,7 +1,8 @@
 """A followed job's snapshot into its scene, on the main thread: the job's id once the backend
-gives it, its progress, its live preview, and at the end its result (a mesh, or novel views)
-or why there is none. The poll timer (timer.py) and background Blender (which follows a job on
-its own thread) both come here, so a job ends the same way either way."""
+gives it, its progress, its live preview, and at the end its result (a mesh, novel views, or a
+scene walk's mesh and frames) or why there is none. The poll timer (timer.py) and background
+Blender (which follows a job on its own thread) both come here, so a job ends the same way
+either way."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import bpy
 import bpy.utils.previews
 
-from . import importer, preferences
+from . import cameras, importer, preferences
 from .jobs import Snapshot
 from .watchers import WATCHERS
 
@@ -93,6 +94,8 @@ def finish(context, scene, job_id: str, snap: Snapshot) -> tuple[str, str]:
         return "ERROR", snap.error or f"Job {job_id} failed."
     if snap.views is not None:
         name, message = _import_views(context, s, entry, job_id, snap)
+    elif snap.walk is not None:
+        name, message = _import_walk(context, s, entry, job_id, snap)
     else:
         name, message = _import_mesh(context, s, entry, job_id, snap)
     if entry is not None:
@@ -134,6 +137,28 @@ def _import_views(context, s, entry, job_id: str, snap: Snapshot) -> tuple[str, 
     images, objects = importer.import_views(context, snap.views, job_id[-6:], planes, properties)
     message = f"Loaded {len(images)} novel views" + (f" and {len(objects)} image planes." if objects else ".")
     return images[0].name, message
+
+
+def _import_walk(context, s, entry, job_id: str, snap: Snapshot) -> tuple[str, str]:
+    """A scene walk's mesh in "Dreamsculpt Scenes" where its cameras were (world coordinates),
+    and its frames behind the camera the path came from, in step with the timeline."""
+    scene = context.scene
+    prompt = entry.prompt if entry else s.prompt
+    properties = {"dreamsculpt_job_id": job_id, "dreamsculpt_seed": entry.seed if entry else s.seed,
+                  "dreamsculpt_prompt": prompt,
+                  "dreamsculpt_model": (entry.model or entry.prior) if entry else s.prior}
+    camera = bpy.data.objects.get(entry.source) if entry and entry.source else scene.camera
+    frame_start, frame_step = (entry.frame_start, entry.frame_step) if entry else (scene.frame_start, 1)
+    image = importer.import_walk_frames(context, snap.walk, preferences.user_folder("walks", job_id), camera,
+                                        frame_start, frame_step, job_id[-6:], {"dreamsculpt_job_id": job_id})
+    replace = None
+    if entry is not None and s.replace_previous and entry.object_name:
+        replace = bpy.data.objects.get(entry.object_name)
+    obj = importer.import_result(context, snap.mesh, _object_name(prompt), properties, replace, cameras.identity(),
+                                 collection=importer.SCENES_COLLECTION)
+    where = f" behind '{camera.name}'" if camera is not None and camera.type == "CAMERA" else ""
+    return obj.name, (f"Imported the scene '{obj.name}' ({snap.mesh.face_count} faces) and {len(snap.walk.frames)} "
+                      f"frames as '{image.name}'{where}.")
 
 
 def register() -> None:

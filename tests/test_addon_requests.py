@@ -5,6 +5,7 @@ history can hold, and Run Again's settings make the same body again. No bpy, no 
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 from pathlib import Path
@@ -18,13 +19,16 @@ from dreamsculpt.requests import (
     ImageTo3DRequest,
     MeshOptions,
     NovelViewsRequest,
+    SceneWalkRequest,
     TextTo3DRequest,
 )
 
 ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
-MODELS = {"text_to_3d": TextTo3DRequest, "image_to_3d": ImageTo3DRequest, "novel_views": NovelViewsRequest}
-#: What POST /images returns and jobs.upload_and_submit adds to an image job's body.
-IMAGE_ID = "ab" * 32
+MODELS = {"text_to_3d": TextTo3DRequest, "image_to_3d": ImageTo3DRequest, "novel_views": NovelViewsRequest,
+          "scene_walk": SceneWalkRequest}
+#: What POST /images returns and jobs.upload_and_submit adds to an image job's body (and, for a
+#: scene walk's start render, what POST /images?depth=true returns for its depth).
+IMAGE_ID, DEPTH_ID = "ab" * 32, "cd" * 32
 
 
 def _load(name: str):
@@ -47,7 +51,11 @@ def panel(**changes) -> SimpleNamespace:
                 "image_path": "", "image_prior": "zero123", "zero123_model": "ashawkey/zero123-xl-diffusers",
                 "view_count": 8, "autoregressive": False, "view_planes": False, "image_prompt": "",
                 "text_weight": 0.0, "elevation": 0.0, "azimuth": -90.0, "fov": 40.0, "size": 0.0, "origin": "center",
-                "texture_size": 0, "normal_map": False, "max_faces": 0, "refine_mode": "PRESET", "refine_steps": 1000}
+                "texture_size": 0, "normal_map": False, "max_faces": 0, "refine_mode": "PRESET", "refine_steps": 1000,
+                "walk_path": "ANIMATION", "walk_every": 1, "walk_motion": "forward", "walk_frames": 20,
+                "walk_step": 0.0, "walk_start": "RENDER", "walk_resolution": 512,
+                "inpaint_model": "stabilityai/stable-diffusion-2-inpainting",
+                "depth_model": "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"}
     return SimpleNamespace(**{**defaults, **changes})
 
 
@@ -83,14 +91,53 @@ CASES = [
 ]
 
 
+def walk_path(count: int = 6) -> job_requests.WalkPath:
+    """A camera animated along a path (every 2nd frame from 1): moving along +X, turning right."""
+    specs = []
+    for k in range(count):
+        c, s = math.cos(math.radians(-3 * k)), math.sin(math.radians(-3 * k))
+        # looking along +X turned by -3k degrees about Z: right = (s, -c, 0), up = Z, back = (-c, -s, 0)
+        matrix = [[s, 0.0, -c, 0.12 * k], [-c, 0.0, -s, -1.5], [0.0, 1.0, 0.0, 1.5], [0.0, 0.0, 0.0, 1.0]]
+        specs.append(cameras.CameraSpec(matrix, lens=24.0).to_json())
+    return job_requests.WalkPath(cameras=specs, aspect=4 / 3, source="Camera", frame_start=1, frame_step=2)
+
+
+def preset_move() -> job_requests.WalkPath:
+    return job_requests.WalkPath(camera=captured().camera, aspect=16 / 9, source="Camera")
+
+
+#: A scene walk's start render: the render and its depth beside it.
+RENDER = job_requests.JobImage("/captures/walk.png", "Camera", depth_path="/captures/walk-depth.png")
+#: (settings, start render or None, path) of scene walks.
+WALK_CASES = [
+    (panel(mode="scene_walk"), RENDER, walk_path()),
+    (panel(mode="scene_walk", walk_start="PROMPT", prior="sd", steps=25, guidance_scale=6.0, walk_resolution=256,
+           inpaint_model="/models/inpaint", depth_model="/models/depth"), None, walk_path(2)),
+    (panel(mode="scene_walk", walk_path="PRESET", walk_motion="orbit", walk_frames=12, walk_step=4.0), RENDER,
+     preset_move()),
+    (panel(mode="scene_walk", walk_path="PRESET", walk_motion="backward", walk_start="PROMPT", prior="references",
+           references="//rgbd", seed=7), None, preset_move()),
+]
+
+
 def _abspath(path: str) -> str:
     """bpy.path.abspath next to /project/scene.blend: "//" is the .blend's folder."""
     return "/project/" + path[2:] if path.startswith("//") else path
 
 
-def _sent(body: dict) -> dict:
-    """The body as POST /jobs gets it: an image job's upload id added."""
+def _sent(body: dict, image: job_requests.JobImage | None = None) -> dict:
+    """The body as POST /jobs gets it: an image job's upload id added (a scene walk's, and its
+    depth's, when it starts from a render)."""
+    if body["kind"] == "scene_walk":
+        return body if image is None else {**body, "image": IMAGE_ID, "depth_image": DEPTH_ID}
     return body if body["kind"] == "text_to_3d" else {**body, "image": IMAGE_ID}
+
+
+def _bodies(kind: str) -> list[dict]:
+    """The bodies of every case of `kind`."""
+    if kind == "scene_walk":
+        return [job_requests.job_body(s, image, walk=walk) for s, image, walk in WALK_CASES]
+    return [job_requests.job_body(s, image) for s, image in CASES if s.mode == kind]
 
 
 @pytest.mark.parametrize("settings,image", CASES)
@@ -114,7 +161,7 @@ def test_the_keys_each_kind_can_send_are_its_models_fields():
     to the backend (BACKEND_DEFAULTS) they name every field, so a new backend field fails here
     until the add-on decides about it."""
     for kind, model in MODELS.items():
-        emitted = set().union(*(job_requests.job_body(s, image) for s, image in CASES if s.mode == kind))
+        emitted = set().union(*_bodies(kind))
         fields = set(model.model_fields)
         assert emitted <= fields, f"{kind}: {sorted(emitted - fields)} are not fields of {model.__name__}"
         assert emitted | job_requests.BACKEND_DEFAULTS[kind] == fields, f"{kind}: {sorted(fields - emitted)}"
@@ -166,6 +213,53 @@ def test_run_again_puts_back_the_settings_that_make_the_same_body(settings, imag
     assert editor.mode == settings.mode and editor.seed == settings.seed
     assert job_requests.job_body(editor, image, _abspath) == body
     assert editor.image_source == ("CAMERA" if image is None or image.camera is not None else "FILE")
+
+
+@pytest.mark.parametrize("settings,image,walk", WALK_CASES)
+def test_a_scene_walk_body_validates_with_a_path_and_with_a_preset_move(settings, image, walk):
+    body = job_requests.job_body(settings, image, _abspath, walk)
+    request = SceneWalkRequest.model_validate(_sent(body, image))
+    assert set(body) <= set(SceneWalkRequest.model_fields)
+    assert request.kind == "scene_walk" and request.prompt == settings.prompt and request.prior == settings.prior
+    assert request.resolution == settings.walk_resolution and request.aspect == pytest.approx(walk.aspect)
+    if walk.cameras is not None:                             # the animation, every camera as read
+        assert request.camera is None and request.motion is None
+        assert [c.model_dump() for c in request.cameras] == [CameraSpec.model_validate(c).model_dump()
+                                                             for c in walk.cameras]
+        assert request.frame_count() == len(walk.cameras)
+    else:                                                    # a preset move from the camera
+        assert request.cameras is None and request.camera == CameraSpec.model_validate(walk.camera)
+        assert (request.motion, request.frames) == (settings.walk_motion, settings.walk_frames)
+        assert request.step == (settings.walk_step or None)
+    assert (request.image, request.depth_image) == ((IMAGE_ID, DEPTH_ID) if image else (None, None))
+    if settings.prior == "sd":
+        assert (request.model, request.depth_model) == ("/models/inpaint", "/models/depth")
+        assert (request.steps, request.guidance_scale) == (25, 6.0)
+    if settings.prior == "references":
+        assert request.references == "/project/rgbd"
+
+
+@pytest.mark.parametrize("settings,image,walk", WALK_CASES)
+def test_run_again_puts_back_a_scene_walks_settings(settings, image, walk):
+    """The editor, set for another kind and other walk settings, makes the same body again
+    from the recorded body and its path (job_requests.walk_of); the path is the body's, not a
+    setting."""
+    body = job_requests.job_body(settings, image, _abspath, walk)
+    editor = panel(mode="novel_views", seed=99, steps=7, guidance_scale=9.0, prompt="something else", prior="sd",
+                   negative="keep me", walk_path="PRESET" if walk.cameras is not None else "ANIMATION",
+                   walk_motion="pan", walk_frames=3, walk_step=1.0, walk_resolution=1024, inpaint_model="x",
+                   depth_model="y")
+    job_requests.to_settings(body, editor)
+    again = job_requests.walk_of(body, walk.frame_start, walk.frame_step, walk.source)
+    assert editor.mode == "scene_walk" and editor.seed == settings.seed and editor.negative == "keep me"
+    assert editor.walk_path == settings.walk_path
+    assert job_requests.job_body(editor, image, _abspath, again) == body
+    assert again == walk
+
+
+def test_a_scene_walk_needs_its_path():
+    with pytest.raises(ValueError, match="camera path"):
+        job_requests.job_body(panel(mode="scene_walk"), RENDER)
 
 
 def test_edit_prompt_copies_only_the_prompt_and_seed():

@@ -234,7 +234,7 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                 self.layout = Layout()
 
         s = bpy.context.scene.dreamsculpt
-        for mode in ("text_to_3d", "image_to_3d", "novel_views"):
+        for mode in ("text_to_3d", "image_to_3d", "novel_views", "scene_walk"):
             entry = s.history.add()
             entry.job_id, entry.prompt, entry.status, entry.error = "20261121-093512-4f2a9c", "a cube", "failed", "why"
             entry.mode, entry.source = mode, "Camera"
@@ -246,7 +246,9 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
         combos = [("text_to_3d", "builtin", "CAMERA", "PERSP"), ("text_to_3d", "sd", "CAMERA", "PERSP"),
                   ("text_to_3d", "references", "CAMERA", "PERSP"), ("image_to_3d", "builtin", "CAMERA", "PERSP"),
                   ("image_to_3d", "zero123", "FILE", "PERSP"), ("image_to_3d", "zero123", "CAMERA", "ORTHO"),
-                  ("novel_views", "builtin", "CAMERA", None), ("novel_views", "zero123", "FILE", "PERSP")]
+                  ("novel_views", "builtin", "CAMERA", None), ("novel_views", "zero123", "FILE", "PERSP"),
+                  ("scene_walk", "builtin", "CAMERA", "PERSP"), ("scene_walk", "sd", "CAMERA", None),
+                  ("scene_walk", "references", "CAMERA", "ORTHO")]
         for kind in states:
             for index, (mode, prior, source, camera_type) in enumerate(combos):
                 for running in (False, True):
@@ -254,15 +256,17 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                                                               {{"device": "cpu", "models": ["m"], "queue": 2}})
                     timer.MONITOR.checked_at = time.monotonic()    # no refresh thread
                     s.mode, s.image_source, s.last_error = mode, source, ("an error" if running else "")
-                    if mode == "text_to_3d":
+                    if mode in ("text_to_3d", "scene_walk"):
                         s.prior = prior
                     else:
                         s.image_prior = prior
                     s.view_planes = s.autoregressive = running
                     s.refine_mode = "CUSTOM" if running else "PRESET"    # Refine Steps shown or not
+                    s.walk_path = "PRESET" if running else "ANIMATION"   # the scene walk's two paths
+                    s.walk_start = "PROMPT" if running else "RENDER"
                     bpy.context.scene.camera = camera if camera_type else None
                     camera.data.type = camera_type or "PERSP"
-                    s.history_index = index % 3
+                    s.history_index = index % 4
                     s.job_id = "20261121-093512-4f2a9c" if running else ""
                     if running:
                         watchers.WATCHERS[s.job_id] = (None, bpy.context.scene.name)
@@ -277,7 +281,7 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                     drawn.append(kind)
         result(drawn=len(drawn), calls=sorted(set(calls)))
     ''', tmp_path)
-    assert out["drawn"] == 7 * 8 * 2
+    assert out["drawn"] == 7 * 11 * 2
     assert {"prop", "operator", "label", "box", "progress", "template_list"} <= set(out["calls"])
 
 
