@@ -166,11 +166,11 @@ def test_a_run_killed_while_refining_resumes_from_the_refinement_checkpoint(tmp_
 CUBE_REFINE_STEPS = 800
 
 
-@pytest.mark.slow   # the standard field (about 100 s), then 800 refinement steps (about 130 s)
+@pytest.mark.slow   # the standard field (about 100 s), then 800 refinement steps at 192 px
 def test_the_refined_builtin_cube_has_flat_faces_and_is_closer_to_the_cube():
     """The built-in cube at the standard preset: the coarse mesh has the triplane's streaks (a
-    tenth of its area within 5 degrees of an axis); refined, at least 93% of it is (94.4%
-    measured; the refinement issue asks for 95%), and it is closer to the true cube by voxel
+    tenth of its area within 5 degrees of an axis); refined, at least 95% of it is (the
+    refinement issue's figure), and it is closer to the true cube by voxel
     IoU, Chamfer distance and normal consistency."""
     request = TextTo3DRequest(kind="text_to_3d", prompt="a red cube", prior="builtin", preset="standard",
                               refine=CUBE_REFINE_STEPS)
@@ -190,7 +190,7 @@ def test_the_refined_builtin_cube_has_flat_faces_and_is_closer_to_the_cube():
         scores[name] = (iou, *chamfer_and_normals(surface.vertices, surface.faces, truth),
                         axis_aligned_share(surface.vertices, surface.faces))
     (iou0, chamfer0, normals0, axis0), (iou1, chamfer1, normals1, axis1) = scores["coarse"], scores["refined"]
-    assert axis0 < 0.5 and axis1 >= 0.93, scores
+    assert axis0 < 0.5 and axis1 >= 0.95, scores
     assert iou1 >= iou0 and chamfer1 < chamfer0 and normals1 > normals0, scores
 
 
