@@ -44,7 +44,8 @@ MAX_EXAMPLES = 50
 
 DOWNLOADS = ("preview.png", "result.ply", "result.glb", "result.obj", "result.mtl", "texture.png", "normal.png",
              "views.png", "turntable.gif", "run.json", "input.png", "reference.png", "views.json", "novel_views.png",
-             "view_{index}.png")
+             "view_{index}.png", "scene.glb", "scene.ply", "walk.mp4", "walk.gif", "cameras.json", "frames/{index}.png",
+             "depth/{index}.png")
 OPERATIONS = {"GET /health", "GET /jobs", "POST /jobs", "GET /jobs/{job_id}", "DELETE /jobs/{job_id}",
               "POST /jobs/{job_id}/cancel", "POST /models/release", "POST /images"} | {
     f"GET /jobs/{{job_id}}/{name}" for name in DOWNLOADS}
