@@ -32,6 +32,7 @@ from .server.settings import (
     DEFAULT_HOST,
     DEFAULT_IDLE_RELEASE_S,
     DEFAULT_PORT,
+    EXECUTORS,
     ServerSettings,
     load_or_create_token,
 )
@@ -85,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", type=Path, help="where jobs and the log are kept (default: the platform's data folder)")
     srv.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach (token still required)")
     srv.add_argument("--device", default="auto", help="where jobs run: auto, cpu, cuda, cuda:N or mps")
+    srv.add_argument("--devices", metavar="LIST",
+                     help="one worker per device, jobs on whichever is free: e.g. cuda:0,cuda:1 or cpu,cpu")
+    srv.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="local: worker processes on this machine; ray: tasks on a Ray cluster")
+    srv.add_argument("--ray-address", metavar="ADDRESS",
+                     help="the Ray cluster (e.g. 10.0.0.5:6379; default: RAY_ADDRESS, else start Ray here)")
+    srv.add_argument("--ray-resource", default="GPU", metavar="NAME",
+                     help="what one job takes on the cluster, one unit of it (default GPU)")
+    srv.add_argument("--ray-jobs", type=int, metavar="N",
+                     help="jobs in flight on Ray at once (default: the cluster's amount of --ray-resource)")
+    srv.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve https with this certificate (chain)")
+    srv.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     srv.add_argument("--idle-release", type=float, default=DEFAULT_IDLE_RELEASE_S, metavar="SECONDS",
                      help="free loaded models after this long without a job (0: never)")
     sub.add_parser("token", help="print the job server's access token (created if there is none)")
@@ -364,8 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from .server.serve import serve
 
-            return serve(ServerSettings(args.host, args.port, args.data_dir, args.allow_remote, args.device,
-                                        args.idle_release))
+            return serve(ServerSettings(
+                host=args.host, port=args.port, data_dir=args.data_dir, allow_remote=args.allow_remote,
+                device=args.device, idle_release_s=args.idle_release, devices=args.devices or (),
+                executor=args.executor, ray_address=args.ray_address, ray_resource=args.ray_resource,
+                ray_jobs=args.ray_jobs, tls_cert=args.tls_cert, tls_key=args.tls_key))
         if args.command == "token":
             print(load_or_create_token())
             return 0

@@ -40,6 +40,8 @@ from .config import (
 
 #: Uploaded images: the sha256 (hex) of the stored PNG.
 IMAGE_ID_PATTERN = r"^[0-9a-f]{64}$"
+#: A job's name: a folder name on every OS (no separators, no leading dot, no spaces).
+JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -135,6 +137,10 @@ class _Run(BaseModel):
     guidance_scale: float | None = Field(None, gt=0, le=1000,
                                          description="Classifier-free guidance (default: the prior's).")
     fp16: bool = Field(False, description="Half precision for the diffusion model (CUDA only).")
+    name: str | None = Field(None, pattern=JOB_NAME_PATTERN,
+                             description="A name for the job: its folder in a batch (`dreamsculpt batch`).")
+    owner: PlainText | None = Field(None, max_length=64,
+                                    description="Who queued the job (GET /jobs shows it to the team).")
 
     def _run_options(self, device: str) -> dict:
         return {"seed": self.seed, "guidance_scale": self.guidance_scale, "fp16": self.fp16, "device": device}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Seconds without a job after which the worker process exits and frees its models.
 DEFAULT_IDLE_RELEASE_S = 600.0
 TOKEN_FILE = "token"
+#: Most local workers one server runs (one per device entry).
+MAX_WORKERS = 16
 
 
 def data_dir() -> Path:
@@ -78,6 +81,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: What runs the jobs: worker processes on this machine, or tasks on a Ray cluster.
+EXECUTORS = ("local", "ray")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$")
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    """`cuda:0,cuda:1` or `cpu,cpu` -> one worker per entry; a DreamsculptError says what is wrong."""
+    devices = tuple(part.strip().lower() for part in text.split(","))
+    bad = [d for d in devices if not _DEVICE.match(d)]
+    if bad or not devices:
+        raise DreamsculptError(f"--devices {text!r}: each entry must be auto, cpu, cuda, cuda:N or mps, "
+                               "separated by commas (e.g. cuda:0,cuda:1 or cpu,cpu).")
+    if len(devices) > MAX_WORKERS:
+        raise DreamsculptError(f"--devices names {len(devices)} workers; at most {MAX_WORKERS} run on one host.")
+    return devices
+
+
 @dataclass
 class ServerSettings:
     host: str = DEFAULT_HOST
@@ -87,9 +107,29 @@ class ServerSettings:
     device: str = "auto"
     idle_release_s: float = DEFAULT_IDLE_RELEASE_S
     max_body_bytes: int = MAX_BODY_BYTES
+    devices: tuple[str, ...] | str = ()   # one local worker per entry ("cpu,cpu" too); () is (device,)
+    executor: str = "local"
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a Ray started on this machine
+    ray_resource: str = "GPU"       # what one job takes on the cluster: 1 of this resource
+    ray_jobs: int | None = None     # jobs in flight on Ray (default: the cluster's amount of ray_resource)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser() if self.data_dir else data_dir()
+        if isinstance(self.devices, str):
+            self.devices = parse_devices(self.devices)
+        self.devices = tuple(self.devices) or (self.device,)
+        if self.executor not in EXECUTORS:
+            raise DreamsculptError(f"--executor must be one of {', '.join(EXECUTORS)} (got {self.executor!r}).")
+        if self.executor == "ray" and len(self.devices) > 1:
+            raise DreamsculptError("--devices is for local workers; with --executor ray the cluster's "
+                                   "resources decide where jobs run (see --ray-resource and --ray-jobs).")
+        if self.ray_jobs is not None and not 1 <= self.ray_jobs <= 1024:
+            raise DreamsculptError(f"--ray-jobs must be between 1 and 1024 (got {self.ray_jobs}).")
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_:.-]{0,63}$", self.ray_resource):
+            raise DreamsculptError(f"--ray-resource {self.ray_resource!r} is not a Ray resource name "
+                                   "(e.g. GPU, CPU or a custom resource of your cluster).")
         if not self.allow_remote and not is_loopback(self.host):
             raise DreamsculptError(
                 f"Refusing to listen on {self.host}: it is reachable from other machines. Use the "
