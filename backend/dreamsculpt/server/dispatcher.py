@@ -98,12 +98,13 @@ class Dispatcher:
             log.info("deleted %d uploaded image(s) older than a week", pruned)
         self._thread.start()
 
-    def submit(self, request: JobRequest) -> JobStatus:
+    def submit(self, request: JobRequest, job_id: str | None = None) -> JobStatus:
+        """Queue a job; `job_id` names its folder (a batch's job names), else a new id is made."""
         total = task_of(request).total_steps(request)
         with self._cond:
             if self._stopping:
                 raise Busy("The server is stopping; submit the job again once it is back.")
-            job = self.store.create(request, total)
+            job = self.store.create(request, total, job_id=job_id)
             self._queue.append(job.id)
             self._cond.notify_all()
             job.queue_position = len(self._queue) - 1

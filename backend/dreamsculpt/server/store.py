@@ -192,17 +192,20 @@ class JobStore:
         return [name for name in DOWNLOADS if name != "preview.png" and self.download_path(job_id, name)]
 
     # --- changing -------------------------------------------------------------------------
-    def create(self, request: JobRequest, total: int) -> JobStatus:
+    def create(self, request: JobRequest, total: int, job_id: str | None = None) -> JobStatus:
         """A new queued job; its folder is complete when it appears. UnknownImage when the
-        request names an image that is not uploaded."""
+        request names an image that is not uploaded. `job_id` (a batch's job name) must be new."""
         image = self.images.path(request.image) if getattr(request, "image", None) else None
         depth = self.images.path(request.depth_image) if getattr(request, "depth_image", None) else None
         with self._lock:
             stamp = now()
-            while True:
+            if job_id is not None:
+                if job_id in self._jobs or (self.root / self.folder(job_id).name).exists():
+                    raise DreamsculptError(f"A job named {job_id} already exists in {self.root}.")
+            while job_id is None:
                 job_id = f"{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-                if job_id not in self._jobs and not (self.root / job_id).exists():
-                    break
+                if job_id in self._jobs or (self.root / job_id).exists():
+                    job_id = None
             job = JobStatus(id=job_id, seq=self._next_seq, kind=request.kind, status=JobState.queued,
                             stage="queued", total=total, created=stamp, updated=stamp, request=request)
             self._next_seq += 1
