@@ -1,10 +1,12 @@
 """The FIFO queue, and the decisions about each job's state.
 
-One thread (the dispatcher) hands one job at a time to an executor (executors.py: today a
-worker process on this machine), turns the events it reports into status changes, and
-releases the executor's models when asked, when idle for long enough (to give VRAM back) or
-when the server stops. HTTP handlers only queue, cancel, delete and read; they never touch
-the executor's work themselves.
+One lane per executor (executors.py: a worker process per device on this machine, or a slot
+on a Ray cluster); each lane's thread takes the job at the head of the one shared queue when
+its executor is free, hands it over, and follows its events (job_run.py). Jobs therefore
+start in the order they were queued, on whichever worker frees first. A lane releases its
+executor's models when asked, when idle for long enough (to give VRAM back) or when the
+server stops. HTTP handlers only queue, cancel, delete and read; they never touch an
+executor's work themselves.
 """
 
 from __future__ import annotations
@@ -13,28 +15,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from enum import Enum
 from importlib import metadata
 
 from .. import __version__
 from ..errors import DreamsculptError
 from ..tasks import JobRequest, task_of
-from .executors import Executor, LocalExecutor, WorkerState
-from .messages import (
-    Cancelled,
-    Event,
-    Failed,
-    Finished,
-    ModelLoaded,
-    PreviewReady,
-    ProgressUpdate,
-    RunJob,
-    Started,
-    StopTimedOut,
-    WorkerDied,
-)
-from .schemas import JobResult, JobState, JobStatus, now
+from .executors import Executor, WorkerState, build_executors
+from .job_run import JobRun, StopReason
+from .messages import RunJob
+from .schemas import JobState, JobStatus, now
 from .settings import ServerSettings
 from .store import JobStore
 
@@ -45,18 +34,10 @@ detail = logging.getLogger("dreamsculpt.server.detail")
 #: Seconds a cancelled job may take to stop at a step boundary before its worker is killed
 #: (loading a model or meshing has no step boundary).
 CANCEL_GRACE_S = 10.0
-PERSIST_EVERY_S = 1.0
 
 
 class Busy(Exception):
-    """The request conflicts with the running job."""
-
-
-class StopReason(str, Enum):
-    """Why the running job is being stopped: it ends cancelled, or interrupted (to resume)."""
-
-    cancel = "cancel"
-    shutdown = "shutdown"
+    """The request conflicts with a running job."""
 
 
 def _version(package: str) -> str | None:
@@ -66,23 +47,38 @@ def _version(package: str) -> str | None:
         return None
 
 
+class _Lane:
+    """One executor, the job it runs and its thread. Fields are guarded by the dispatcher's lock."""
+
+    def __init__(self, index: int, executor: Executor):
+        self.index, self.executor = index, executor
+        self.running: str | None = None
+        self.stop_reason: StopReason | None = None   # while stopping the running job
+        self.release_requested = False
+        self.last_active = time.monotonic()
+        self.thread: threading.Thread | None = None
+
+
 class Dispatcher:
-    def __init__(self, store: JobStore, settings: ServerSettings, executor: Executor | None = None):
+    def __init__(self, store: JobStore, settings: ServerSettings,
+                 executors: Executor | list[Executor] | None = None):
         self.store, self.settings = store, settings
-        self.executor: Executor = executor if executor is not None else LocalExecutor(settings.device)
+        if executors is None:
+            executors = build_executors(settings, store.root)
+        elif not isinstance(executors, (list, tuple)):
+            executors = [executors]
+        self.lanes = [_Lane(i, executor) for i, executor in enumerate(executors)]
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
-        self._running: str | None = None
-        self._stop_reason: StopReason | None = None   # while stopping the running job
         self._stopping = False
-        self._release_requested = False
-        self._last_active = time.monotonic()
-        self._thread = threading.Thread(target=self._loop, name="dreamsculpt-dispatcher", daemon=True)
+        for lane in self.lanes:
+            lane.thread = threading.Thread(target=self._loop, args=(lane,), daemon=True,
+                                           name=f"dreamsculpt-dispatcher-{lane.index}")
 
     # --- called from HTTP handlers ---------------------------------------------------------
     def start(self) -> None:
         """Queue what the last run left unfinished (interrupted jobs first, as they were
-        first in line), then start the dispatcher thread."""
+        first in line), then start the lanes."""
         for warning in self.store.load():
             log.warning(warning)
         for job in self.store.unfinished():
@@ -96,7 +92,10 @@ class Dispatcher:
         pruned = self.store.images.prune()
         if pruned:
             log.info("deleted %d uploaded image(s) older than a week", pruned)
-        self._thread.start()
+        if len(self.lanes) > 1:
+            log.info("%d workers take jobs from one queue", len(self.lanes))
+        for lane in self.lanes:
+            lane.thread.start()
 
     def submit(self, request: JobRequest, job_id: str | None = None) -> JobStatus:
         """Queue a job; `job_id` names its folder (a batch's job names), else a new id is made."""
@@ -108,8 +107,9 @@ class Dispatcher:
             self._queue.append(job.id)
             self._cond.notify_all()
             job.queue_position = len(self._queue) - 1
-        log.info("job %s queued: %s %s prior=%s seed=%s preset=%s steps=%d", job.id, request.kind, request.subject(),
-                 request.prior, request.seed, getattr(request, "preset", "-"), total)
+        log.info("job %s queued: %s %s prior=%s seed=%s preset=%s steps=%d owner=%s", job.id, request.kind,
+                 request.subject(), request.prior, request.seed, getattr(request, "preset", "-"), total,
+                 request.owner or "-")
         return job
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -132,12 +132,13 @@ class Dispatcher:
             job = self.store.get(job_id)
             if job is None or job.status.finished:
                 return job
+            lane = self._lane_of(job_id)
             if job_id in self._queue:
                 self._queue.remove(job_id)
                 job = self.store.finish(job_id, JobState.cancelled)
                 log.info("job %s cancelled before it ran", job_id)
-            elif job_id == self._running and self._stop_reason is None:
-                self._stop_running(StopReason.cancel)
+            elif lane is not None and lane.stop_reason is None:
+                self._stop_running(lane, StopReason.cancel)
                 job = self.store.update(job_id, stage="cancelling")
         return self.status(job_id)
 
@@ -148,10 +149,11 @@ class Dispatcher:
                 return False
             if job_id in self._queue:
                 self._queue.remove(job_id)
-            if job_id == self._running:
-                if self._stop_reason is None:
-                    self._stop_running(StopReason.cancel)
-                if not self._cond.wait_for(lambda: self._running != job_id, CANCEL_GRACE_S + 20):
+            lane = self._lane_of(job_id)
+            if lane is not None:
+                if lane.stop_reason is None:
+                    self._stop_running(lane, StopReason.cancel)
+                if not self._cond.wait_for(lambda: lane.running != job_id, CANCEL_GRACE_S + 20):
                     raise Busy(f"Job {job_id} did not stop in time; try deleting it again.")
             deleted = self.store.delete(job_id)
         if deleted:
@@ -159,182 +161,145 @@ class Dispatcher:
         return deleted
 
     def release_models(self) -> list[str]:
-        """Stop the worker, giving its memory (VRAM) back. Refused while a job runs."""
+        """Stop the workers, giving their memory (VRAM) back. Refused while a job runs."""
         with self._cond:
-            if self._running:
-                raise Busy(f"Job {self._running} is running; cancel it or wait before releasing models.")
-            released = self.executor.state().models
-            self._release_requested = True
+            running = [lane.running for lane in self.lanes if lane.running]
+            if running:
+                raise Busy(f"Job {running[0]} is running; cancel it or wait before releasing models.")
+            released = [name for lane in self.lanes for name in lane.executor.state().models]
+            for lane in self.lanes:
+                lane.release_requested = True
             self._cond.notify_all()
-            self._cond.wait_for(lambda: not self._release_requested, 60)
+            self._cond.wait_for(lambda: not any(lane.release_requested for lane in self.lanes), 60)
         return released
 
     def health(self) -> dict:
-        state = self.executor.state()
+        workers = []
         with self._cond:
-            worker = state.worker.value
-            if state.worker is WorkerState.ready:
-                worker = "busy" if self._running else "idle"
-            return {"version": __version__, "device": state.device, "torch": _version("torch"),
-                    "diffusers": _version("diffusers"), "models": state.models, "worker": worker,
-                    "queue": len(self._queue), "running": self._running}
+            for lane in self.lanes:
+                state = lane.executor.state()
+                worker = state.worker.value
+                if state.worker is WorkerState.ready:
+                    worker = "busy" if lane.running else "idle"
+                workers.append({"device": state.device, "state": worker, "running": lane.running,
+                                "models": state.models, "pid": state.pid, "host": state.host})
+            running = sorted((lane.running for lane in self.lanes if lane.running), key=self._seq)
+            queue = len(self._queue)
+        devices = list(dict.fromkeys(w["device"] for w in workers if w["device"]))
+        return {"version": __version__, "device": ", ".join(devices) or None, "torch": _version("torch"),
+                "diffusers": _version("diffusers"), "models": sorted({m for w in workers for m in w["models"]}),
+                "worker": _overall([w["state"] for w in workers]), "queue": queue,
+                "running": running[0] if running else None, "workers": workers}
 
     def stop(self, timeout: float = CANCEL_GRACE_S + 10) -> None:
-        """Stop for a server shutdown: the running job saves a checkpoint and is marked
-        interrupted (it resumes on the next start); queued jobs stay queued on disk."""
+        """Stop for a server shutdown: running jobs save a checkpoint and are marked
+        interrupted (they resume on the next start); queued jobs stay queued on disk."""
         with self._cond:
             self._stopping = True
-            if self._running and self._stop_reason is None:
-                self._stop_running(StopReason.shutdown)
+            for lane in self.lanes:
+                if lane.running and lane.stop_reason is None:
+                    self._stop_running(lane, StopReason.shutdown)
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for lane in self.lanes:
+            if lane.thread.is_alive():
+                lane.thread.join(max(deadline - time.monotonic(), 0.1))
 
-    def _stop_running(self, reason: StopReason) -> None:
-        """(Lock held.) Ask the running job to stop at its next step."""
-        self._stop_reason = reason
-        self.executor.cancel(self._running, CANCEL_GRACE_S)
+    def _seq(self, job_id: str) -> int:
+        job = self.store.get(job_id)
+        return job.seq if job else 0
 
-    def _why_stopping(self) -> StopReason | None:
+    def _lane_of(self, job_id: str) -> _Lane | None:
+        """(Lock held.) The lane running `job_id`, if one is."""
+        return next((lane for lane in self.lanes if lane.running == job_id), None)
+
+    def _stop_running(self, lane: _Lane, reason: StopReason) -> None:
+        """(Lock held.) Ask the lane's job to stop at its next step."""
+        lane.stop_reason = reason
+        lane.executor.cancel(lane.running, CANCEL_GRACE_S)
+
+    def _why_stopping(self, lane: _Lane) -> StopReason | None:
         with self._cond:
-            return self._stop_reason
+            return lane.stop_reason
 
-    # --- the dispatcher thread ---------------------------------------------------------------
-    def _loop(self) -> None:
+    # --- the lanes' threads --------------------------------------------------------------------
+    def _loop(self, lane: _Lane) -> None:
         try:
-            self.executor.start()  # now: the first job then starts at once
+            lane.executor.start()  # now: the first job then starts at once
         except DreamsculptError as exc:
             log.error("%s", exc)
         while True:
-            job_id = None
             with self._cond:
-                self._wait_for_work()
+                self._wait_for_work(lane)
                 if self._stopping:
                     break
-                if self._queue and not self._release_requested:
-                    job_id = self._queue.popleft()
-                    self._running, self._stop_reason = job_id, None
-            if job_id is None:  # release on request, or after the idle time
-                self.executor.release()
+                take = bool(self._queue) and not lane.release_requested
+                run = self._take(lane) if take else None
+            if take and run is None:   # deleted while it waited
+                continue
+            if run is None:  # release on request, or after the idle time
+                lane.executor.release()
                 with self._cond:
-                    self._release_requested = False
-                    self._last_active = time.monotonic()
+                    lane.release_requested = False
+                    lane.last_active = time.monotonic()
                     self._cond.notify_all()
                 continue
             try:
-                self._run(job_id)
+                self._run(lane, run)
             except Exception as exc:  # noqa: BLE001 - a bug here must not stop the queue
-                log.error("job %s: internal error in the dispatcher: %r (traceback in the log file)", job_id, exc)
-                detail.exception("job %s: dispatcher error", job_id)
-                self.store.finish(job_id, JobState.failed, "Internal server error; see the server log.")
+                log.error("job %s: internal error in the dispatcher: %r (traceback in the log file)", run.job_id, exc)
+                detail.exception("job %s: dispatcher error", run.job_id)
+                self.store.finish(run.job_id, JobState.failed, "Internal server error; see the server log.")
             with self._cond:
-                self._running, self._stop_reason = None, None
-                self._last_active = time.monotonic()
+                lane.running, lane.stop_reason = None, None
+                lane.last_active = time.monotonic()
                 self._cond.notify_all()
-        self.executor.shutdown()
+        lane.executor.shutdown()
 
-    def _wait_for_work(self) -> None:
-        """(Lock held.) Wait for a job, a stop or a release request; or return when the
+    def _wait_for_work(self, lane: _Lane) -> None:
+        """(Lock held.) Wait for a job, a stop or a release request; or return when the lane's
         executor has held memory without a job for the idle time (the loop releases it)."""
-        while not (self._queue or self._stopping or self._release_requested):
-            idle_for = time.monotonic() - self._last_active
+        while not (self._queue or self._stopping or lane.release_requested):
+            idle_for = time.monotonic() - lane.last_active
             limit = self.settings.idle_release_s
-            holding = self.executor.state().worker is not WorkerState.stopped
+            holding = lane.executor.state().worker is not WorkerState.stopped
             if holding and limit > 0 and idle_for >= limit:
-                log.info("idle for %.0f s: stopping the worker to free memory", idle_for)
+                log.info("idle for %.0f s: stopping %s to free memory", idle_for, self._name(lane))
                 return
             self._cond.wait(max(limit - idle_for, 0.05) if holding and limit > 0 else None)
 
-    def _run(self, job_id: str) -> None:
+    def _take(self, lane: _Lane) -> RunJob | None:
+        """(Lock held.) The job at the head of the queue, marked running on `lane`: the start
+        time is taken here, under the lock, so that jobs start in queue order."""
+        job_id = self._queue.popleft()
         job = self.store.get(job_id)
         if job is None:
-            return
+            return None
+        lane.running, lane.stop_reason = job_id, None
         resume = job.started is not None
-        run = RunJob(job_id, job.request.model_dump(mode="json"), str(self.store.folder(job_id)), resume)
-        try:
-            self.executor.submit(run)
-        except DreamsculptError as exc:
-            self.store.finish(job_id, JobState.failed, str(exc))
-            return
         self.store.update(job_id, status=JobState.running, stage="loading", started=job.started or now(),
                           error=None)
-        log.info("job %s %s", job_id, "resuming" if resume else "started")
-        _JobRun(self.store, self.executor, job_id, self._why_stopping).follow()
+        return RunJob(job_id, job.request.model_dump(mode="json"), str(self.store.folder(job_id)), resume)
+
+    def _run(self, lane: _Lane, run: RunJob) -> None:
+        try:
+            lane.executor.submit(run)
+        except DreamsculptError as exc:
+            self.store.finish(run.job_id, JobState.failed, str(exc))
+            return
+        log.info("job %s %s%s", run.job_id, "resuming" if run.resume else "started",
+                 f" on {self._name(lane)}" if len(self.lanes) > 1 else "")
+        JobRun(self.store, lane.executor, run.job_id, lambda: self._why_stopping(lane)).follow()
+
+    def _name(self, lane: _Lane) -> str:
+        device = lane.executor.state().device
+        return f"worker {lane.index}" + (f" ({device})" if device else "")
 
 
-class _JobRun:
-    """Follows one job's events until it ends; decides its final state."""
-
-    def __init__(self, store: JobStore, executor: Executor, job_id: str,
-                 why_stopping: Callable[[], StopReason | None]):
-        self.store, self.executor, self.job_id = store, executor, job_id
-        self.why_stopping = why_stopping   # None unless the job was asked to stop
-        self.resumed = False
-        self.last_persist = 0.0
-
-    def follow(self) -> None:
-        while True:
-            for event in self.executor.events(0.2):
-                if getattr(event, "job_id", None) not in (None, self.job_id):
-                    continue   # a late word about an earlier job
-                if self.handle(event):
-                    return
-
-    def handle(self, event: Event) -> bool:
-        """Apply one event; True when the job has ended."""
-        job_id = self.job_id
-        match event:
-            case Started(resumed=resumed):
-                self.resumed = resumed
-            case ProgressUpdate():
-                self.progress(event)
-            case PreviewReady(step=step):
-                self.store.update(job_id, persist=False, preview_step=step)
-            case ModelLoaded(name=name, seconds=seconds):
-                log.info("job %s: loaded %s in %.1f s (kept for the next jobs)", job_id, name, seconds)
-            case Finished(result=fields, summary=summary):
-                result = JobResult(**fields, files=self.store.result_files(job_id))
-                self.store.finish(job_id, JobState.done, result=result)
-                log.info("job %s done in %.1f s: %s", job_id, result.seconds, summary)
-                return True
-            case Failed(message=message, traceback=trace):
-                self.store.finish(job_id, JobState.failed, message)
-                log.error("job %s failed: %s", job_id, message)
-                if trace:
-                    detail.error("job %s traceback:\n%s", job_id, trace)
-                return True
-            case WorkerDied(exit_code=code) if self.why_stopping() is None:
-                self.store.finish(job_id, JobState.failed,
-                                  f"The worker process died (exit code {code}; -9 is often the system running "
-                                  "out of memory). Run the job again; if it happens again, see the server log.")
-                log.error("job %s failed: worker died with exit code %s", job_id, code)
-                return True
-            case Cancelled() | StopTimedOut() | WorkerDied():   # it was asked to stop, and it did
-                self.end_stopped()
-                return True
-        return False
-
-    def progress(self, p: ProgressUpdate) -> None:
-        changes = {"step": p.step, "total": p.total, "loss": p.loss, "elapsed_s": p.elapsed_s, "eta_s": p.eta_s}
-        if self.why_stopping() is None:   # keep "cancelling" up while it stops
-            changes["stage"] = p.stage
-        if self.resumed:
-            changes["resumed_from"], self.resumed = p.step - 1, False
-            log.info("job %s resumed from its checkpoint at step %d", self.job_id, p.step - 1)
-        now = time.monotonic()
-        job = self.store.get(self.job_id)
-        stage_changed = job is not None and job.stage != changes.get("stage", job.stage)
-        persist = now - self.last_persist > PERSIST_EVERY_S or stage_changed
-        self.store.update(self.job_id, persist=persist, **changes)
-        self.last_persist = now if persist else self.last_persist
-
-    def end_stopped(self) -> None:
-        job = self.store.get(self.job_id)
-        step = job.step if job else 0
-        if self.why_stopping() is StopReason.shutdown:
-            self.store.update(self.job_id, status=JobState.interrupted, stage="interrupted", eta_s=None)
-            log.info("job %s interrupted at step %d by the server stopping; it resumes on the next start",
-                     self.job_id, step)
-        else:
-            self.store.finish(self.job_id, JobState.cancelled)
-            log.info("job %s cancelled at step %d", self.job_id, step)
+def _overall(states: list[str]) -> str:
+    """One word for all workers, as GET /health's `worker` said for one: idle while any can
+    take a job, busy when all that are up are busy, else starting or stopped."""
+    for word in ("idle", "busy", "starting"):
+        if word in states:
+            return word
+    return "stopped"

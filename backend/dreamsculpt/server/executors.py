@@ -1,9 +1,10 @@
-"""Executors: what runs the dispatcher's jobs, one at a time, behind one small interface.
+"""Executors: what runs the dispatcher's jobs, one at a time each, behind one small interface.
 
 The dispatcher owns the queue and every decision about a job's state; an executor only runs
 what it is handed and reports what happened, as events (messages.py). Worker deaths and
 stop timeouts are events too, so the dispatcher never looks at a process: the same
-dispatcher can drive a worker process here (LocalExecutor) or, later, a worker elsewhere.
+dispatcher drives a worker process per device here (LocalExecutor) or slots on a Ray
+cluster (ray_executor.py), one lane per executor.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Protocol
 
 from ..errors import DreamsculptError
@@ -51,6 +53,8 @@ class ExecutorState:
     device: str | None      # where jobs run; None until a worker has reported in once
     worker: WorkerState
     models: list[str] = field(default_factory=list)   # loaded models, kept for the next jobs
+    pid: int | None = None  # the process that runs (or last ran) jobs
+    host: str | None = None  # the machine it is on, when not this one (a Ray node)
 
 
 class Executor(Protocol):
@@ -84,11 +88,11 @@ class Executor(Protocol):
 class _Process:
     """A started worker process and our end of its pipe."""
 
-    def __init__(self, ctx, cancel, device: str):
+    def __init__(self, ctx, cancel, device: str, threads: int | None):
         from .worker import worker_main
 
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, cancel, os.getpid(), device),
+        self.process = ctx.Process(target=worker_main, args=(child, cancel, os.getpid(), device, threads),
                                    name="dreamsculpt-worker", daemon=True)
         self.process.start()
         child.close()
@@ -107,10 +111,11 @@ class _Process:
 
 class LocalExecutor:
     """Jobs run in one worker process on this machine (server/worker.py). It is started on
-    demand, keeps its models between jobs, and is stopped to give (V)RAM back."""
+    demand, keeps its models between jobs, and is stopped to give (V)RAM back. `threads`:
+    torch's CPU threads in the worker (None: torch's default, every core)."""
 
-    def __init__(self, device: str):
-        self._device_setting = device
+    def __init__(self, device: str, threads: int | None = None):
+        self._device_setting, self._threads = device, threads
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         self._cancel = self._ctx.Event()   # checked by the worker before every step
         self._lock = threading.Lock()      # guards everything below
@@ -182,7 +187,8 @@ class LocalExecutor:
                 worker = WorkerState.stopped
             else:
                 worker = WorkerState.ready if self._ready else WorkerState.starting
-            return ExecutorState(self._device, worker, list(self._models))
+            pid = self._process.process.pid if self._process is not None else None
+            return ExecutorState(self._device, worker, list(self._models), pid)
 
     # --- the worker process ------------------------------------------------------------------
     def _note(self, event: Event) -> None:
@@ -217,7 +223,7 @@ class LocalExecutor:
             return process
         if process is not None:   # it died while idle
             self._stop_process()
-        process = _Process(self._ctx, self._cancel, self._device_setting)
+        process = _Process(self._ctx, self._cancel, self._device_setting, self._threads)
         with self._lock:
             self._process, self._ready, self._models = process, False, []
         deadline = time.monotonic() + WORKER_START_S
@@ -246,3 +252,17 @@ class LocalExecutor:
             process.stop()
             log.info("worker stopped%s", f"; released {', '.join(released)}" if released else "")
         return released
+
+
+def build_executors(settings, jobs_root: Path) -> list[Executor]:
+    """One executor per lane: a worker process per `--devices` entry, or one per job the Ray
+    cluster takes at once. An ExecutorError (Ray missing, unreachable, ...) says what to do."""
+    if settings.executor == "ray":
+        from .ray_executor import ray_executors
+
+        return ray_executors(settings, jobs_root)
+    # CPU workers share the cores: each gets its part (two torch pools of every core on one
+    # machine wait on each other).
+    cpu_workers = settings.devices.count("cpu")
+    threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers > 1 else None
+    return [LocalExecutor(device, threads if device == "cpu" else None) for device in settings.devices]

@@ -43,6 +43,8 @@ class Hello:
 
     device: str          # e.g. "cuda:0 (NVIDIA H200)", "cpu", or "unavailable: <why>"
     torch: str
+    pid: int | None = None    # the process that runs the jobs
+    host: str | None = None   # its machine (a Ray node), when it may not be the server's
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def _write_png(image, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _hello(device: str) -> Hello:
+def hello(device: str) -> Hello:
     import torch
 
     from ..devices import resolve_device
@@ -85,29 +85,29 @@ def _hello(device: str) -> Hello:
     return Hello(name, torch.__version__)
 
 
-def run_job(conn, cancel, models, job: RunJob, device: str, parent_pid: int) -> None:
-    """Run one job, reporting as it goes; always ends with ModelsHeld and the outcome."""
+def run_job(send, stop_asked, models, job: RunJob, device: str) -> Finished | Failed | Cancelled:
+    """Run one job, reporting through `send` as it goes; `stop_asked()` is checked before every
+    step. Always ends by sending ModelsHeld and the outcome, which it also returns. Shared by
+    the local worker process and the Ray task (ray_task.py)."""
     from ..optimize import Callbacks
     from ..tasks.stages import CHECKPOINT
 
     folder = Path(job.folder)
     resume = job.resume and (folder / "out" / CHECKPOINT).is_file()
-    conn.send(Started(job.job_id, resume))
+    send(Started(job.job_id, resume))
 
     def on_progress(p):
-        conn.send(ProgressUpdate(job.job_id, p.step, p.total, p.loss, p.elapsed_s, p.eta_s, p.stage))
+        send(ProgressUpdate(job.job_id, p.step, p.total, p.loss, p.elapsed_s, p.eta_s, p.stage))
 
     def on_preview(step, image):
         _write_png(image, folder / "preview.png")
-        conn.send(PreviewReady(job.job_id, step))
+        send(PreviewReady(job.job_id, step))
 
-    def should_cancel():
-        return cancel.is_set() or os.getppid() != parent_pid
-
-    outcome = _outcome(job, device, resume, Callbacks(on_progress, on_preview, should_cancel), models)
+    outcome = _outcome(job, device, resume, Callbacks(on_progress, on_preview, stop_asked), models)
     # The models first: when the server sees the outcome, /health already lists what is held.
-    conn.send(ModelsHeld(models.names()))
-    conn.send(outcome)
+    send(ModelsHeld(models.names()))
+    send(outcome)
+    return outcome
 
 
 def _outcome(job: RunJob, device: str, resume: bool, callbacks, models) -> Finished | Failed | Cancelled:
@@ -151,14 +151,18 @@ def _run_engine(request, device: str, folder: Path, resume: bool, callbacks, mod
     return {**result.outputs(), "seconds": round(result.seconds, 2)}, result.summary()
 
 
-def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
+def worker_main(conn, cancel, parent_pid: int, device: str, threads: int | None = None) -> None:
     """Entry point of the worker process (multiprocessing 'spawn')."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops us cleanly
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from ..models import ModelCache
 
     models = ModelCache(on_load=lambda name, seconds: conn.send(ModelLoaded(name, seconds)))
-    conn.send(_hello(device))
+    conn.send(hello(device))
     from .. import image_priors, priors  # noqa: F401 - the engine, imported while idle: the first job starts at once
     while True:
         try:
@@ -169,4 +173,4 @@ def worker_main(conn, cancel, parent_pid: int, device: str) -> None:
             case Exit():
                 return
             case RunJob():
-                run_job(conn, cancel, models, message, device, parent_pid)
+                run_job(conn.send, lambda: cancel.is_set() or os.getppid() != parent_pid, models, message, device)
