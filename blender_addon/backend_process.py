@@ -23,11 +23,16 @@ _log_file = None
 
 def command(python: str, url: str) -> list[str]:
     """The command line that serves `url` (its port) with the backend's Python, or the
-    `dreamsculpt` on PATH when no Python is set."""
+    `dreamsculpt` on PATH when no Python is set. Only a loopback http:// URL can be started."""
     if not is_loopback_url(url):
         raise BackendError(f"The add-on starts a backend on this machine only; {url} is not a loopback address. "
                            "Start that backend where it runs, or set the URL to http://127.0.0.1:7323.")
-    port = urllib.parse.urlsplit(url).port or 7323
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http":   # the backend it starts has no certificate to serve https with
+        raise BackendError(f"The add-on starts a plain http backend on this machine only; {url} is not http://. "
+                           "Run `dreamsculpt serve --tls-cert CERT --tls-key KEY` yourself, or set the URL to "
+                           "http://127.0.0.1:7323.")
+    port = parts.port or 7323
     if python:
         if not Path(python).is_file():
             raise BackendError(f"The backend Python '{python}' does not exist. In the add-on's preferences, "

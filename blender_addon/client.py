@@ -1,5 +1,7 @@
-"""Talking to the Dreamsculpt job server over HTTP (urllib). No `bpy` here: this module is
-unit-tested without Blender, and everything it raises carries a message that says what to do.
+"""Talking to the Dreamsculpt job server over HTTP or HTTPS (urllib). No `bpy` here: this
+module is unit-tested without Blender, and everything it raises carries a message that says
+what to do. An https server's certificate is always verified: against the system's trusted
+CAs, or against the studio's own CA file (a preference).
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -15,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_URL = "http://127.0.0.1:7323"
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: a trusted
+#: certificate, made for another host name or address than the URL's.
+HOST_MISMATCH = (62, 64)
 
 
 class BackendError(Exception):
@@ -27,6 +33,10 @@ class BackendDown(BackendError):
 
 class WrongToken(BackendError):
     pass
+
+
+class UntrustedCertificate(BackendError):
+    """The https server's certificate did not verify (unknown CA, wrong host name, expired)."""
 
 
 class Rejected(BackendError):
@@ -48,6 +58,25 @@ def is_loopback_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def url_problem(url: str) -> str:
+    """What is wrong with a backend URL ("" when nothing): it must be http:// or https://
+    with a host."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        _ = parts.port   # a port that is not a number raises ValueError
+    except ValueError:
+        return f"The backend URL {url!r} is not a valid URL: use http://127.0.0.1:7323, or https://HOST:PORT."
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return (f"The backend URL {url!r} must start with http:// (this machine: http://127.0.0.1:7323) or "
+                "https:// (a team server), followed by its host and port.")
+    return ""
+
+
+def clear_text_remote(url: str) -> bool:
+    """A plain http URL to another machine: the token would cross the network readable."""
+    return url.strip().lower().startswith("http:") and not url_problem(url) and not is_loopback_url(url)
 
 
 def local_token_path() -> Path:
@@ -92,7 +121,7 @@ def image_type(data: bytes) -> str | None:
 class BackendState:
     """What the panel's backend box shows."""
 
-    kind: str                     # connected | not_running | wrong_token | version_mismatch | offline | error
+    kind: str     # connected | not_running | wrong_token | untrusted | version_mismatch | offline | error
     message: str = ""
     health: dict = field(default_factory=dict)
 
@@ -102,11 +131,31 @@ class BackendState:
 
 
 class Client:
-    def __init__(self, url: str = DEFAULT_URL, token: str = "", timeout: float = 10.0):
-        self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+    def __init__(self, url: str = DEFAULT_URL, token: str = "", timeout: float = 10.0, cafile: str = ""):
+        """`cafile`: a PEM file of the CA that signed an https server's certificate ("": the
+        system's trusted CAs)."""
+        self.url, self.token, self.timeout = url.strip().rstrip("/"), token, timeout
+        self.cafile = cafile
+        self._context: ssl.SSLContext | None = None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """What an https URL's certificate is verified against, made once (None for http)."""
+        if not self.url.lower().startswith("https:"):
+            return None
+        if self._context is None:
+            try:
+                self._context = ssl.create_default_context(cafile=self.cafile or None)
+            except (OSError, ValueError) as exc:   # missing file, or not PEM (ssl.SSLError is an OSError)
+                raise BackendError(f"The CA certificate file {self.cafile} cannot be used ({exc}). In the add-on's "
+                                   "preferences pick the PEM file of the CA that signed the server's certificate, "
+                                   "or clear it to trust the system's CAs.") from None
+        return self._context
 
     def _request(self, method: str, path: str, body: dict | None = None, auth: bool = True,
                  timeout: float | None = None, raw: bytes | None = None, content_type: str = "") -> bytes:
+        if problem := url_problem(self.url):
+            raise BackendError(problem)
+        context = self._ssl_context()
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
@@ -114,14 +163,32 @@ class Client:
         if auth:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as reply:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout, context=context) as reply:
                 return reply.read()
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError):
+                raise self._tls_error(reason) from None
+            if not is_loopback_url(self.url):   # a team server: the Start button cannot help
+                raise BackendDown(f"The Dreamsculpt server at {self.url} is not answering ({reason}). Check the "
+                                  "URL, and ask whoever runs it whether `dreamsculpt serve` is up.") from None
             raise BackendDown(f"The Dreamsculpt backend at {self.url} is not answering ({reason}). Start it with "
                               "the 'Start backend' button, or run `dreamsculpt serve` in a terminal.") from None
+
+    def _tls_error(self, exc: ssl.SSLError) -> BackendError:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            why = exc.verify_message or exc.reason
+            if exc.verify_code in HOST_MISMATCH:
+                return UntrustedCertificate(f"The server's certificate is not trusted ({why}): put a host name "
+                                            "the certificate names into the backend URL.")
+            where = f"the CA file {self.cafile} did not sign it" if self.cafile else "no CA the system trusts signed it"
+            return UntrustedCertificate(
+                f"The server's certificate is not trusted ({why}; {where}): set the CA file in the add-on's "
+                "preferences to the PEM of the CA that signed it (ask whoever runs the server).")
+        return BackendError(f"No secure connection to {self.url} ({exc.reason or exc}). If that server serves plain "
+                            "http, use an http:// URL; otherwise check its --tls-cert and --tls-key.")
 
     def _http_error(self, exc: urllib.error.HTTPError) -> BackendError:
         try:
@@ -185,6 +252,8 @@ class Client:
             health = self.health()
         except BackendDown as exc:
             return BackendState("not_running", str(exc))
+        except UntrustedCertificate as exc:
+            return BackendState("untrusted", str(exc))
         except BackendError as exc:
             return BackendState("error", str(exc))
         if not compatible(addon_version, health.get("version", "")):

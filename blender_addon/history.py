@@ -15,7 +15,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty
 from .client import BackendError
 from .job_requests import JobImage, job_body, prompt_to_settings, to_settings, walk_of
 from .jobs import JobWatcher
-from .preferences import make_client, user_folder
+from .preferences import job_owner, make_client, user_folder
 from .results import finish
 from .submit import refuse_if_busy, submit_job
 from .timer import WAIT_ITEMS, follow_with_timer
@@ -128,7 +128,7 @@ class DREAMSCULPT_OT_history_rerun(_HistoryOperator, bpy.types.Operator):
                 self.report({"ERROR"}, f"This job's image ({missing[0]}) is gone. Capture or pick the image "
                                        "again and press Generate.")
                 return {"CANCELLED"}
-        body = job_body(s, image, bpy.path.abspath, walk)
+        body = job_body(s, image, bpy.path.abspath, walk, owner=job_owner(context))
         return submit_job(self, context, body, image, entry.view_planes, "AUTO", walk)
 
 

@@ -8,7 +8,8 @@ CameraSpec), and each kind adds its own fields; a scene walk (SceneWalkRequest) 
 its own fields, its cameras taken from the scene (a WalkPath). A setting at 0 (steps, guidance scale, mesh
 resolution, threshold, face budget, texture size, size) is left out, so the backend's default
 applies; the mesh's origin and normal map are always sent. Refinement, where 0 steps means off,
-has its own choice: Preset leaves `refine` out, Off sends 0, Custom its steps.
+has its own choice: Preset leaves `refine` out, Off sends 0, Custom its steps. The owner (a
+preference, not a scene setting) is sent when there is one.
 tests/test_addon_requests.py validates every kind's body against its model.
 """
 
@@ -22,13 +23,14 @@ IMAGE_KINDS = ("image_to_3d", "novel_views")
 
 #: Fields of each request model the panel never sets (the backend's defaults apply), so that
 #: with the fields the builder emits they name every field of the model. "image" is the
-#: uploaded picture's id, added on the job's thread (jobs.upload_and_submit).
+#: uploaded picture's id, added on the job's thread (jobs.upload_and_submit); "name" names a
+#: batch job's folder (`dreamsculpt batch`), and the backend names the add-on's jobs itself.
 BACKEND_DEFAULTS = {
-    "text_to_3d": frozenset({"fp16", "resolution", "background"}),
-    "image_to_3d": frozenset({"fp16", "resolution", "variant", "text_model", "image", "background"}),
-    "novel_views": frozenset({"fp16", "variant", "views", "neighbours", "image"}),
+    "text_to_3d": frozenset({"fp16", "name", "resolution", "background"}),
+    "image_to_3d": frozenset({"fp16", "name", "resolution", "variant", "text_model", "image", "background"}),
+    "novel_views": frozenset({"fp16", "name", "variant", "views", "neighbours", "image"}),
     # "image" and "depth_image" (the start render and its depth) are added on the job's thread.
-    "scene_walk": frozenset({"fp16", "candidates", "max_faces", "image", "depth_image"}),
+    "scene_walk": frozenset({"fp16", "name", "candidates", "max_faces", "image", "depth_image"}),
 }
 #: MeshOptions' fields the panel never sets: the add-on imports result.ply, so no OBJ.
 MESH_DEFAULTS = frozenset({"obj"})
@@ -65,14 +67,14 @@ class WalkPath:
 
 
 def job_body(s, image: JobImage | None = None, abspath: Callable[[str], str] = _same,
-             walk: WalkPath | None = None) -> dict:
+             walk: WalkPath | None = None, owner: str = "") -> dict:
     """The POST /jobs body of the settings' mode (`s.mode`), without "image" (the upload's id,
     added when the image has been sent). An image kind needs `image`, a scene walk its `walk`
     (and `image` when it starts from a render); `abspath` turns a Blender path ("//refs") into
-    the absolute path the backend reads."""
+    the absolute path the backend reads; `owner` is who sends it (the Owner preference)."""
     if s.mode not in KINDS:
         raise ValueError(f"unknown mode {s.mode!r}; expected one of {', '.join(KINDS)}")
-    body = _run(s)
+    body = _run(s, owner)
     if s.mode == "text_to_3d":
         body.update(_text(s, abspath), **_optimised(s))
     elif s.mode == "scene_walk":
@@ -88,11 +90,13 @@ def job_body(s, image: JobImage | None = None, abspath: Callable[[str], str] = _
     return body
 
 
-def _run(s) -> dict:
+def _run(s, owner: str) -> dict:
     """_Run: what every kind has."""
     body = {"kind": s.mode, "seed": s.seed}
     if s.guidance_scale:
         body["guidance_scale"] = s.guidance_scale
+    if owner.strip():
+        body["owner"] = owner.strip()
     return body
 
 

@@ -13,7 +13,7 @@ from bpy.props import EnumProperty, StringProperty
 from . import backend_process, capture, walk_capture
 from .client import BackendError
 from .job_requests import job_body
-from .preferences import make_client, start_backend
+from .preferences import job_owner, make_client, start_backend
 from .submit import refuse_if_busy, submit_job
 from .timer import MONITOR, WAIT_ITEMS
 from .watchers import WATCHERS
@@ -51,7 +51,7 @@ class DREAMSCULPT_OT_generate(bpy.types.Operator):
         except BackendError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        body = job_body(s, image, bpy.path.abspath, walk)
+        body = job_body(s, image, bpy.path.abspath, walk, owner=job_owner(context))
         return submit_job(self, context, body, image, s.view_planes and s.mode == "novel_views", self.wait, walk)
 
 

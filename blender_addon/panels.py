@@ -15,6 +15,7 @@ BACKEND_STATES = {
     "connected": ("CHECKMARK", "Backend connected"),
     "not_running": ("ERROR", "Backend not running"),
     "wrong_token": ("LOCKED", "Wrong token"),
+    "untrusted": ("LOCKED", "Certificate not trusted"),
     "version_mismatch": ("ERROR", "Version mismatch"),
     "offline": ("ERROR", "Online access is off"),
     "error": ("ERROR", "Backend error"),
@@ -52,7 +53,7 @@ def draw_backend(layout, state) -> None:
             col.label(text="Starting…", icon="TIME")
         else:
             box.operator("dreamsculpt.start_backend", icon="PLAY")
-    elif state.kind == "wrong_token":
+    elif state.kind in ("wrong_token", "untrusted"):   # the token, or the CA file, is a preference
         box.operator("preferences.addon_show", text="Open Preferences", icon="PREFERENCES").module = __package__
 
 

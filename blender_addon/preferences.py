@@ -1,9 +1,10 @@
-"""Add-on preferences (backend URL, token, the backend's Python, auto-start, vertex colours
-instead of textures) and the helpers
-that turn them into a client."""
+"""Add-on preferences (backend URL, token, the CA file of a team server's certificate, the
+owner named on jobs, the backend's Python, auto-start, vertex colours instead of textures) and
+the helpers that turn them into a client."""
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 
 import bpy
@@ -15,9 +16,11 @@ from .client import (
     DEFAULT_URL,
     BackendError,
     Client,
+    clear_text_remote,
     is_loopback_url,
     local_token_path,
     read_local_token,
+    url_problem,
 )
 
 PACKAGE = __package__
@@ -37,13 +40,29 @@ def backend_log_path() -> Path:
     return user_folder("backend.log")
 
 
+def login_name() -> str:
+    """The OS login name, the Owner's default ("" where the OS gives none)."""
+    try:
+        return getpass.getuser()[:64]
+    except Exception:   # no USER/LOGNAME and no passwd entry (containers); Windows may raise OSError
+        return ""
+
+
 class DreamsculptPreferences(bpy.types.AddonPreferences):
     bl_idname = PACKAGE
 
     backend_url: StringProperty(name="Backend URL", default=DEFAULT_URL,
-                                description="Address of `dreamsculpt serve` (this machine: http://127.0.0.1:7323)")
+                                description="Address of `dreamsculpt serve` (this machine: http://127.0.0.1:7323; "
+                                            "a team server: https://HOST:PORT)")
     token: StringProperty(name="Token", subtype="PASSWORD",
                           description="Output of `dreamsculpt token`; leave empty to read this machine's token file")
+    ca_file: StringProperty(name="CA Certificate", subtype="FILE_PATH",
+                            description="PEM file of the certificate authority that signed an https team server's "
+                                        "certificate (your studio's own CA, or mkcert's rootCA.pem). Empty: only "
+                                        "certificates signed by a CA this system trusts are accepted")
+    owner: StringProperty(name="Owner", default=login_name(), maxlen=64,
+                          description="Your name on the jobs you send: a team server lists it with each job "
+                                      "(default: your login name; empty: none)")
     python: StringProperty(name="Backend Python", subtype="FILE_PATH",
                            description="python executable of the environment where dreamsculpt is installed "
                                        "(empty: the `dreamsculpt` command on PATH)")
@@ -56,10 +75,17 @@ class DreamsculptPreferences(bpy.types.AddonPreferences):
     def draw(self, context):
         layout = self.layout
         layout.prop(self, "backend_url")
+        if problem := url_problem(self.backend_url.strip() or DEFAULT_URL):   # empty: the default
+            layout.label(text=problem, icon="ERROR")
+        elif clear_text_remote(self.backend_url):
+            layout.label(text="Plain http to another machine: the token crosses the network readable. "
+                              "Use https://.", icon="ERROR")
         row = layout.row()
         row.prop(self, "token")
         if not self.token and is_loopback_url(self.backend_url):
             layout.label(text=f"Token read from {local_token_path()}", icon="INFO")
+        layout.prop(self, "ca_file")
+        layout.prop(self, "owner")
         layout.prop(self, "python")
         layout.prop(self, "auto_start")
         layout.prop(self, "vertex_colors_only")
@@ -82,7 +108,12 @@ def make_client(context=None) -> Client:
         raise BackendError(f"The backend {url} is on another machine and Blender's online access is off. "
                            "Turn on Preferences > System > Network > Allow Online Access, or use a local backend.")
     token = prefs.token.strip() or (read_local_token() if local else "")
-    return Client(url, token)
+    return Client(url, token, cafile=bpy.path.abspath(prefs.ca_file) if prefs.ca_file.strip() else "")
+
+
+def job_owner(context=None) -> str:
+    """Who a job is sent for (the Owner preference; "" sends none)."""
+    return preferences(context).owner.strip()
 
 
 def start_backend(context=None):

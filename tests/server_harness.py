@@ -72,9 +72,11 @@ def tiny_image_job(kind: str, image: str, **extra) -> dict:
 
 
 class ServerProcess:
-    def __init__(self, root: Path, *args: str, port: int = 0, env: dict | None = None):
+    def __init__(self, root: Path, *args: str, port: int = 0, env: dict | None = None, verify=True):
+        """`verify`: what client() checks an https server's certificate against (an
+        ssl.SSLContext with the test CA, as httpx takes it)."""
         self.root = Path(root)
-        self.args, self.port = list(args), port
+        self.args, self.port, self.verify = list(args), port, verify
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(self.root / "config"),
                     "XDG_DATA_HOME": str(self.root / "data"), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -96,7 +98,7 @@ class ServerProcess:
                                         stderr=open(self.stderr_path, "a"))
         deadline = time.monotonic() + timeout
         for line in self.process.stdout:
-            if match := re.search(r"serving on (http://\S+)", line):
+            if match := re.search(r"serving on (https?://\S+)", line):
                 self.url = match.group(1)
                 self.port = int(self.url.rsplit(":", 1)[1])
                 break
@@ -108,7 +110,10 @@ class ServerProcess:
         return self
 
     def client(self, token: str | None = "auto", **kwargs) -> httpx.Client:
+        """An httpx client with the token; kwargs go to httpx.Client (`verify` defaults to the
+        server's)."""
         headers = kwargs.pop("headers", {})
+        kwargs.setdefault("verify", self.verify)
         if token == "auto":
             token = self.token
         if token is not None:

@@ -58,6 +58,18 @@ def test_loopback_urls(url, loopback):
     assert client_mod.is_loopback_url(url) is loopback
 
 
+def test_backend_urls_are_http_or_https_and_plain_http_to_another_machine_is_flagged():
+    for good in ("http://127.0.0.1:7323", "https://render.studio.lan:7323", "https://[::1]:8443/"):
+        assert client_mod.url_problem(good) == "", good
+    for bad in ("render.studio.lan:7323", "ftp://127.0.0.1", "https://", "http://127.0.0.1:port"):
+        assert "http://" in client_mod.url_problem(bad), bad
+    with pytest.raises(client_mod.BackendError, match="must start with http:// .* or https://"):
+        client_mod.Client("127.0.0.1:7323").health()           # before any connection is tried
+    assert client_mod.clear_text_remote("http://192.168.1.2:7323")
+    assert not client_mod.clear_text_remote("https://192.168.1.2:7323")
+    assert not client_mod.clear_text_remote("http://127.0.0.1:7323")
+
+
 def test_local_token_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
@@ -216,6 +228,8 @@ def test_backend_command_needs_a_real_python_and_a_local_url(tmp_path):
         backend_process.command(str(tmp_path / "python"), "http://127.0.0.1:7323")
     with pytest.raises(client_mod.BackendError, match="loopback"):
         backend_process.command(sys.executable, "http://10.0.0.2:7323")
+    with pytest.raises(client_mod.BackendError, match="plain http backend"):   # it would have no certificate
+        backend_process.command(sys.executable, "https://127.0.0.1:7323")
 
 
 @pytest.mark.slow

@@ -134,10 +134,10 @@ def _sent(body: dict, image: job_requests.JobImage | None = None) -> dict:
 
 
 def _bodies(kind: str) -> list[dict]:
-    """The bodies of every case of `kind`."""
+    """The bodies of every case of `kind`, sent with an Owner preference set."""
     if kind == "scene_walk":
-        return [job_requests.job_body(s, image, walk=walk) for s, image, walk in WALK_CASES]
-    return [job_requests.job_body(s, image) for s, image in CASES if s.mode == kind]
+        return [job_requests.job_body(s, image, walk=walk, owner="ada") for s, image, walk in WALK_CASES]
+    return [job_requests.job_body(s, image, owner="ada") for s, image in CASES if s.mode == kind]
 
 
 @pytest.mark.parametrize("settings,image", CASES)
@@ -165,6 +165,19 @@ def test_the_keys_each_kind_can_send_are_its_models_fields():
         fields = set(model.model_fields)
         assert emitted <= fields, f"{kind}: {sorted(emitted - fields)} are not fields of {model.__name__}"
         assert emitted | job_requests.BACKEND_DEFAULTS[kind] == fields, f"{kind}: {sorted(fields - emitted)}"
+
+
+@pytest.mark.parametrize("settings,image", CASES[:1] + CASES[3:4] + CASES[7:8])
+def test_the_owner_is_sent_when_set_and_run_again_keeps_the_body(settings, image):
+    """The Owner preference (not a scene setting) goes into every kind's body when it is not
+    blank; Run Again with the same preference makes the same body."""
+    assert "owner" not in job_requests.job_body(settings, image, owner="")
+    assert "owner" not in job_requests.job_body(settings, image, owner="   ")
+    body = job_requests.job_body(settings, image, owner=" Ada Lovelace ")
+    assert MODELS[settings.mode].model_validate(_sent(body)).owner == "Ada Lovelace"
+    editor = panel(mode="scene_walk", seed=99)
+    job_requests.to_settings(body, editor)
+    assert job_requests.job_body(editor, image, owner="Ada Lovelace") == body
 
 
 def test_the_mesh_options_the_panel_can_send_are_meshoptions_fields():

@@ -145,13 +145,16 @@ def test_headless_generate_waits_and_prints_progress(addon_zip, server, tmp_path
     out = run_in_blender(script(f'''
         install({addon_zip!r})
     ''', SET_UP_JOB.format(url=server.url), '''
+        prefs.owner = "Ada Lovelace"                      # who the team server lists as the job's sender
         status = bpy.ops.dreamsculpt.generate()          # bpy.app.background: waits for the job
         new = [o for o in bpy.data.objects if o.name not in objects_before]
         result(status=list(status), new=[o.name for o in new], faces=len(new[0].data.polygons) if new else 0,
-               background=bpy.app.background)
+               background=bpy.app.background, job_id=s.history[-1].job_id)
     '''), tmp_path, _server_env(server))
     assert out["background"] and out["status"] == ["FINISHED"]
     assert len(out["new"]) == 1 and out["faces"] > 100
+    with server.client() as c:
+        assert c.get(f"/jobs/{out['job_id']}").json()["request"]["owner"] == "Ada Lovelace"
     assert "Dreamsculpt" in out["_stdout"] and "/60" in out["_stdout"]    # progress lines, step/total
 
 
@@ -241,7 +244,8 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
         s.history_index = 0
         camera = bpy.context.scene.camera
         drawn = []
-        states = ["checking", "connected", "not_running", "wrong_token", "version_mismatch", "offline", "error"]
+        states = ["checking", "connected", "not_running", "wrong_token", "untrusted", "version_mismatch", "offline",
+                  "error"]
         # (mode, text prior or image prior, image source, camera type or None for no camera)
         combos = [("text_to_3d", "builtin", "CAMERA", "PERSP"), ("text_to_3d", "sd", "CAMERA", "PERSP"),
                   ("text_to_3d", "references", "CAMERA", "PERSP"), ("image_to_3d", "builtin", "CAMERA", "PERSP"),
@@ -279,9 +283,28 @@ def test_panel_draw_runs_in_every_backend_state(addon_zip, tmp_path):
                                                             "history_index", 0)
                     watchers.WATCHERS.clear()
                     drawn.append(kind)
-        result(drawn=len(drawn), calls=sorted(set(calls)))
+        prefs = bpy.context.preferences.addons["bl_ext.user_default.dreamsculpt"].preferences
+
+        class Shown:   # the preferences, drawn into the recording layout
+            def __init__(self):
+                self.__dict__["layout"] = Layout()
+
+            def __getattr__(self, name):
+                return getattr(prefs, name)
+
+        warnings = []
+        for url in ("http://127.0.0.1:7323", "https://render.studio.lan:7323", "http://192.0.2.10:7323", "ftp://x"):
+            prefs.backend_url, before = url, len(calls)
+            type(prefs).draw(Shown(), bpy.context)
+            warnings.append(calls[before:].count("label"))
+        import getpass
+        result(drawn=len(drawn), calls=sorted(set(calls)), warnings=warnings, owner=prefs.owner,
+               login=getpass.getuser())
     ''', tmp_path)
-    assert out["drawn"] == 7 * 11 * 2
+    assert out["drawn"] == 8 * 11 * 2
+    # The token's source (local only), the log; plain http to another machine, or no URL at all, adds one.
+    assert out["warnings"] == [2, 1, 2, 2]
+    assert out["owner"] == out["login"]
     assert {"prop", "operator", "label", "box", "progress", "template_list"} <= set(out["calls"])
 
 

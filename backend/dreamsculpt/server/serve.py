@@ -1,7 +1,9 @@
-"""`dreamsculpt serve`: lock the data folder, bind the port, start the queue, serve HTTP.
+"""`dreamsculpt serve`: lock the data folder, bind the port, start the queue, serve HTTP
+(or https with --tls-cert and --tls-key).
 
 The socket is bound here (not by uvicorn) so that a port in use is one clear line, and so
-that `--port 0` can print the port the system picked.
+that `--port 0` can print the port the system picked. The certificate and key are loaded
+here once before uvicorn loads them, so that a wrong file is one clear line too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import logging.handlers
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -64,6 +67,50 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_tls(cert: Path, key: Path) -> None:
+    """Load the certificate chain and its key as uvicorn will; a DreamsculptError names the
+    file that does not load and says what it must be."""
+    try:
+        ssl.create_default_context(cafile=str(cert))
+    except (ssl.SSLError, ValueError) as exc:
+        raise DreamsculptError(f"--tls-cert {cert} is not a PEM certificate (-----BEGIN CERTIFICATE-----: "
+                               f"the server's first, then any intermediates): {exc}.") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:   # a password callback, so that an encrypted key fails here instead of prompting on the terminal
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise DreamsculptError(f"--tls-key {key} is not the private key of --tls-cert {cert}: pass the key "
+                                   "the certificate was made with.") from None
+        hint = ("; it is encrypted: write a decrypted copy with `openssl pkey -in KEY -out PLAIN.pem`"
+                if _encrypted(key) else "")
+        raise DreamsculptError(f"--tls-key {key} is not an unencrypted PEM private key (-----BEGIN PRIVATE "
+                               f"KEY-----){hint}: {exc}.") from None
+
+
+def _encrypted(key: Path) -> bool:
+    """An encrypted PEM key: PKCS#8 (BEGIN ENCRYPTED PRIVATE KEY) or OpenSSL's older Proc-Type header."""
+    try:
+        return b"ENCRYPTED" in key.read_bytes()[:8192]
+    except OSError:
+        return False
+
+
+def remote_warning(settings: ServerSettings) -> str | None:
+    """The warning printed when other machines may connect over plain http; None otherwise."""
+    if not settings.clear_text_remote:
+        return None
+    rule = "!" * 78
+    return "\n".join((
+        rule,
+        f"WARNING: serving plain http on {settings.host}, which other machines can reach.",
+        "The access token and every prompt, image and mesh cross the network in clear text:",
+        "anyone on the network path can read the token and then use this server.",
+        "Serve https with --tls-cert CERT.pem --tls-key KEY.pem, or listen on 127.0.0.1",
+        "behind a reverse proxy (Caddy, nginx) that terminates TLS.",
+        rule))
+
+
 def _server_class():
     import uvicorn
 
@@ -104,6 +151,8 @@ def serve(settings: ServerSettings) -> int:
         raise DreamsculptError(f"Another `dreamsculpt serve` is using {settings.data_dir}. Stop it, or "
                                "pass another --data-dir.") from None
     try:
+        if settings.tls:
+            check_tls(settings.tls_cert, settings.tls_key)
         token = load_or_create_token()
         sock = bind(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
@@ -113,11 +162,15 @@ def serve(settings: ServerSettings) -> int:
         app = create_app(dispatcher, token, settings)
         dispatcher.start()   # the store is loaded (and old uploads pruned) before we say we serve
         shown = f"[{host}]" if ":" in host else host
-        print(f"dreamsculpt {__version__} serving on http://{shown}:{port}", flush=True)
+        if (warning := remote_warning(settings)) is not None:
+            print(warning, file=sys.stderr, flush=True)
+        scheme = "https" if settings.tls else "http"
+        print(f"dreamsculpt {__version__} serving on {scheme}://{shown}:{port}", flush=True)
         print(f"token: {token_path()} (`dreamsculpt token` prints it)", flush=True)
         print(f"jobs and log: {settings.data_dir}", flush=True)
+        tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key} if settings.tls else {}
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, **tls)
         try:
             _server_class()(config).run(sockets=[sock])
         finally:

@@ -136,6 +136,36 @@ class ServerSettings:
                 f"default --host {DEFAULT_HOST}, or add --allow-remote (the token is still required).")
         if not 0 <= self.port <= 65535:
             raise DreamsculptError(f"--port must be between 0 and 65535 (got {self.port}).")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """Both PEM files or neither, each one a readable file (whether they load is serve's check)."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            raise DreamsculptError(f"{given} needs {missing} too: pass the certificate (--tls-cert PEM) and its "
+                                   "private key (--tls-key PEM), or neither to serve plain http.")
+        for flag in ("tls_cert", "tls_key"):
+            if getattr(self, flag) is None:
+                continue
+            path = Path(getattr(self, flag)).expanduser()
+            setattr(self, flag, path)
+            option = "--" + flag.replace("_", "-")
+            if not path.is_file():
+                what = "a folder, not a file" if path.is_dir() else "no such file"
+                raise DreamsculptError(f"{option} {path}: {what}. Pass the PEM file's path.")
+            if not os.access(path, os.R_OK):
+                raise DreamsculptError(f"{option} {path}: not readable by this user. Fix its permissions "
+                                       "(the key should be readable by the server's user only).")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks https."""
+        return self.tls_cert is not None
+
+    @property
+    def clear_text_remote(self) -> bool:
+        """Listening for other machines without TLS: the token would cross the network readable."""
+        return not self.loopback_only and not self.tls
 
     @property
     def loopback_only(self) -> bool:
