@@ -12,15 +12,17 @@ executor's work themselves.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
 from importlib import metadata
+from pathlib import Path
 
 from .. import __version__
 from ..errors import DreamsculptError
 from ..tasks import JobRequest, task_of
-from .executors import Executor, WorkerState, build_executors
+from .executors import Executor, LocalExecutor, WorkerState
 from .job_run import JobRun, StopReason
 from .messages import RunJob
 from .schemas import JobState, JobStatus, now
@@ -294,6 +296,20 @@ class Dispatcher:
     def _name(self, lane: _Lane) -> str:
         device = lane.executor.state().device
         return f"worker {lane.index}" + (f" ({device})" if device else "")
+
+
+def build_executors(settings: ServerSettings, jobs_root: Path) -> list[Executor]:
+    """One executor per lane: a worker process per `--devices` entry, or one per job the Ray
+    cluster takes at once. An ExecutorError (Ray missing, unreachable, ...) says what to do."""
+    if settings.executor == "ray":
+        from .ray_executor import ray_executors
+
+        return ray_executors(settings, jobs_root)
+    # CPU workers share the cores: each gets its part (two torch pools of every core on one
+    # machine wait on each other).
+    cpu_workers = settings.devices.count("cpu")
+    threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers > 1 else None
+    return [LocalExecutor(device, threads if device == "cpu" else None) for device in settings.devices]
 
 
 def _overall(states: list[str]) -> str:

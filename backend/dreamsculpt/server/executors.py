@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Protocol
 
 from ..errors import DreamsculptError
@@ -253,16 +252,3 @@ class LocalExecutor:
             log.info("worker stopped%s", f"; released {', '.join(released)}" if released else "")
         return released
 
-
-def build_executors(settings, jobs_root: Path) -> list[Executor]:
-    """One executor per lane: a worker process per `--devices` entry, or one per job the Ray
-    cluster takes at once. An ExecutorError (Ray missing, unreachable, ...) says what to do."""
-    if settings.executor == "ray":
-        from .ray_executor import ray_executors
-
-        return ray_executors(settings, jobs_root)
-    # CPU workers share the cores: each gets its part (two torch pools of every core on one
-    # machine wait on each other).
-    cpu_workers = settings.devices.count("cpu")
-    threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers > 1 else None
-    return [LocalExecutor(device, threads if device == "cpu" else None) for device in settings.devices]
