@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_batch import add_batch, run_batch
 from .cli_walk import add_scene_walk, path_problem, read_path
 from .config import (
     BACKGROUNDS,
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="free loaded models after this long without a job (0: never)")
     sub.add_parser("token", help="print the job server's access token (created if there is none)")
     add_scene_walk(sub, _add_run_options)
+    add_batch(sub)
     return parser
 
 
@@ -382,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device, idle_release_s=args.idle_release, devices=args.devices or (),
                 executor=args.executor, ray_address=args.ray_address, ray_resource=args.ray_resource,
                 ray_jobs=args.ray_jobs, tls_cert=args.tls_cert, tls_key=args.tls_key))
+        if args.command == "batch":
+            return run_batch(args)
         if args.command == "token":
             print(load_or_create_token())
             return 0

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import DreamsculptError
-from ..tasks import KINDS
+from ..tasks import public_error
 from .dispatcher import Busy, Dispatcher
 from .schemas import (
     JOB_ID_PATTERN,
@@ -103,8 +103,9 @@ class Guards:
             return _error(403, f"Requests from web pages ({origin}) are refused: the Dreamsculpt backend "
                                "only answers local programs such as the Blender add-on.")
         if self.settings.loopback_only and not _loopback_url("http://" + headers.get("host", "")):
+            scheme = "https" if self.settings.tls else "http"   # the Host header has no scheme: only the hint does
             return _error(403, "The Host header does not name this machine (localhost or 127.0.0.1); "
-                               "use http://127.0.0.1:<port>.")
+                               f"use {scheme}://127.0.0.1:<port>.")
         return None
 
 
@@ -134,7 +135,7 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [_public_error(e) for e in exc.errors()]
+        errors = [public_error(e) for e in exc.errors()]
         lines = []
         for e in errors:
             where = ".".join(str(part) for part in e["loc"] if part not in ("body", "path", "query"))
@@ -288,16 +289,3 @@ def _add_download(app: FastAPI, path: str, download, name: str, auth) -> None:
                       summary=SUMMARIES.get(name, f"The result, {name}"), response_class=Response,
                       responses={200: {"content": {media_type: {}}}, 404: {"description": "Not there (yet)"}})
 
-
-def _public_error(error: dict) -> dict:
-    """A validation error as clients see it: where and what, without the union's branch name
-    in the location (`prompt`, not `text_to_3d.prompt`), and a missing or unknown kind named."""
-    loc = list(error.get("loc", ()))
-    if loc[:1] == ["body"] and len(loc) > 1 and loc[1] in KINDS:
-        del loc[1]
-    msg = error.get("msg", "invalid")
-    if error.get("type") in ("union_tag_not_found", "union_tag_invalid"):
-        given = "is missing" if error["type"] == "union_tag_not_found" else \
-            f"{str(error.get('input', {}).get('kind'))[:40]!r} is unknown"
-        loc, msg = [*loc, "kind"], f"{given}: say what the job makes, one of {', '.join(map(repr, KINDS))}"
-    return {"loc": loc, "msg": msg, "type": error.get("type")}

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..requests import IMAGE_ID_PATTERN
+from ..requests import IMAGE_ID_PATTERN, JOB_NAME_PATTERN
 from ..tasks import JobRequest
 
 #: Job ids: creation time (UTC) and 6 random hex digits, e.g. 20261121-093512-4f2a9c.
@@ -52,7 +52,7 @@ class JobResult(BaseModel):
 
 
 class JobStatus(BaseModel):
-    id: str = Field(pattern=JOB_ID_PATTERN)
+    id: str = Field(pattern=JOB_NAME_PATTERN)   # the server's ids match JOB_ID_PATTERN; a batch's are its names
     seq: int = Field(description="Submission order; the queue runs jobs in this order.")
     kind: str
     status: JobState
@@ -78,16 +78,26 @@ class JobList(BaseModel):
     jobs: list[JobStatus]
 
 
+class WorkerInfo(BaseModel):
+    device: str | None = Field(description="Where this worker runs jobs (null until it has started once).")
+    state: Literal["starting", "idle", "busy", "stopped"]
+    running: str | None = Field(description="Id of the job it runs.")
+    models: list[str] = Field(description="Models it holds in memory.")
+    pid: int | None = Field(None, description="Its process.")
+    host: str | None = Field(None, description="Its machine, when not the server's (a Ray node).")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     device: str | None = Field(description="Where jobs run (null until the worker has started once).")
     torch: str | None
     diffusers: str | None
-    models: list[str] = Field(description="Models the worker holds in memory.")
+    models: list[str] = Field(description="Models the workers hold in memory.")
     worker: Literal["starting", "idle", "busy", "stopped"]
     queue: int = Field(description="Jobs waiting, not counting the running one.")
-    running: str | None = Field(description="Id of the running job.")
+    running: str | None = Field(description="Id of the running job (the earliest queued, when several run).")
+    workers: list[WorkerInfo] = Field(description="One per device (--devices) or Ray slot: what each runs.")
 
 
 class ImageInfo(BaseModel):

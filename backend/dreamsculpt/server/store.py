@@ -1,5 +1,6 @@
 """Jobs on disk: one folder per job under `<data dir>/jobs/`; uploaded images under
-`<data dir>/images/`.
+`<data dir>/images/`. (`dreamsculpt batch` keeps its job folders in its --out folder instead,
+named by the jobs' names, and its images in `<out>/.dreamsculpt/images/`.)
 
     jobs/<id>/request.json   what was asked (validated), written once
     jobs/<id>/status.json    a JobStatus, replaced atomically on every change
@@ -28,9 +29,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..errors import DreamsculptError
+from ..requests import JOB_NAME_PATTERN
 from .schemas import (
     IMAGE_ID_PATTERN,
-    JOB_ID_PATTERN,
     JobRequest,
     JobResult,
     JobState,
@@ -38,7 +39,10 @@ from .schemas import (
     now,
 )
 
-_ID = re.compile(JOB_ID_PATTERN)
+#: Job folders: the server's ids (JOB_ID_PATTERN) and a batch's job names both match.
+_ID = re.compile(JOB_NAME_PATTERN)
+#: What a crash mid-create or mid-delete leaves beside the job folders (see JobStore.load).
+_LEFTOVER = re.compile(r"^\..+\.(new|deleted)$")
 _IMAGE_ID = re.compile(IMAGE_ID_PATTERN)
 #: The reference image of an image job, in its folder (the worker reads it from there).
 INPUT_IMAGE = "input.png"
@@ -145,8 +149,11 @@ class ImageStore:
 
 
 class JobStore:
-    def __init__(self, root: Path):
-        self.root = _make_folder(Path(root) / "jobs")
+    """The jobs of `<root>/jobs/` (or of `jobs_folder`, where a batch keeps them beside other
+    files) and the uploads of `<root>/images/`."""
+
+    def __init__(self, root: Path, jobs_folder: Path | None = None):
+        self.root = _make_folder(Path(jobs_folder) if jobs_folder is not None else Path(root) / "jobs")
         self.images = ImageStore(Path(root) / "images")
         self._lock = threading.RLock()
         self._jobs: dict[str, JobStatus] = {}
@@ -264,8 +271,9 @@ class JobStore:
         Leftovers of a crash mid-create or mid-delete are removed."""
         warnings = []
         for path in sorted(self.root.iterdir()):
-            if path.name.startswith("."):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.name.startswith("."):   # ours (`.<id>.new`, `.<id>.deleted`) go; others are not ours
+                if _LEFTOVER.match(path.name):
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                 continue
             if not (path.is_dir() and _ID.match(path.name)):
                 continue

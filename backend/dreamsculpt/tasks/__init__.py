@@ -52,6 +52,24 @@ JobRequest = Annotated[Union[tuple(task.request for task in TASKS.values())],  #
                        Field(discriminator="kind")]
 
 
+def public_error(error: dict) -> dict:
+    """A validation error of a `JobRequest` (one of pydantic's `errors()`) as users see it: where
+    and what, without the union's branch name in the location (`prompt`, not
+    `text_to_3d.prompt`, after the server's leading "body" if there is one), and a missing or
+    unknown kind named. The job server's 422 answers and `dreamsculpt batch` both word their
+    errors with it."""
+    loc = list(error.get("loc", ()))
+    branch = 1 if loc[:1] == ["body"] else 0
+    if len(loc) > branch and loc[branch] in KINDS:
+        del loc[branch]
+    msg = error.get("msg", "invalid")
+    if error.get("type") in ("union_tag_not_found", "union_tag_invalid"):
+        given = "is missing" if error["type"] == "union_tag_not_found" else \
+            f"{str(error.get('input', {}).get('kind'))[:40]!r} is unknown"
+        loc, msg = [*loc, "kind"], f"{given}: say what the job makes, one of {', '.join(map(repr, KINDS))}"
+    return {"loc": loc, "msg": msg, "type": error.get("type")}
+
+
 def task_of(request: BaseModel) -> Task:
     """The task that runs `request` (a request model of one of the KINDS)."""
     return TASKS[request.kind]
