@@ -97,12 +97,15 @@ def test_a_ray_worker_killed_mid_job_is_retried_and_resumes_from_its_checkpoint(
         server.stop()
 
 
-def test_cancel_reaches_the_ray_task(tmp_path, cluster):
+def test_progress_and_previews_flow_back_and_cancel_reaches_the_ray_task(tmp_path, cluster):
     server = _serve(tmp_path, cluster)
     try:
         with server.client() as api:
             job = api.post("/jobs", json=tiny_job(steps=5000)).json()
-            wait_job(api, job["id"], until=lambda j: j["step"] >= 5, timeout=300)
+            running = wait_job(api, job["id"], until=lambda j: j["preview_step"], timeout=300)
+            assert running["status"] == "running" and running["stage"] == "optimising"   # progress flows back
+            preview = api.get(f"/jobs/{job['id']}/preview.png")                           # and previews
+            assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG")
             api.post(f"/jobs/{job['id']}/cancel")
             start = time.monotonic()
             cancelled = wait_job(api, job["id"], timeout=60)

@@ -58,6 +58,16 @@ class TaskEnd:
     def __init__(self, folder: Path, attempt: str):
         self.folder, self.attempt = Path(folder), attempt
         self._checked, self._stop = 0.0, False
+        self._end_last_line()
+
+    def _end_last_line(self) -> None:
+        """A task killed mid-write left half a line: end it, so that ours start on lines of their own."""
+        try:
+            with open(self.folder / EVENTS, "rb+") as f:
+                if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                    f.write(b"\n")
+        except FileNotFoundError:
+            pass
 
     def send(self, event) -> None:
         # One write of one line, appended: the server reads whole lines only.

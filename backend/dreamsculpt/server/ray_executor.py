@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -44,6 +45,8 @@ log = logging.getLogger("dreamsculpt.server")
 MAX_RETRIES = 3
 #: Seconds to wait for the start-up check that tasks see the data folder.
 PROBE_S = 60.0
+#: Seconds to wait for the cluster's address to answer at all.
+CONNECT_S = 5.0
 #: Object store of a Ray started here (the default reserves gigabytes; jobs pass a few KB).
 LOCAL_OBJECT_STORE = 200 * 2**20
 
@@ -55,6 +58,21 @@ def _ray():
         raise ExecutorError('--executor ray needs Ray: pip install "dreamsculpt[ray]" (on the server and on '
                             "every node of the cluster).") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Ray waits minutes for a cluster that is not there; a TCP connect says so in seconds."""
+    where = address.removeprefix("ray://")
+    if where in ("auto", "local") or ":" not in where:
+        return
+    host, _, port = where.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ExecutorError(f"Nothing answers at the Ray address {address} ({reason}). Start the cluster with "
+                            "`ray start --head` on its head node and pass the address it prints "
+                            "(host:6379) as --ray-address.") from None
 
 
 class RayCluster:
@@ -72,6 +90,8 @@ class RayCluster:
             if ray.is_initialized():
                 return
             address = self.address or os.environ.get("RAY_ADDRESS")
+            if address:
+                _check_reachable(address)
             local = {} if address else {"object_store_memory": LOCAL_OBJECT_STORE, "include_dashboard": False}
             try:
                 ray.init(address=address, namespace="dreamsculpt", log_to_driver=False,
@@ -102,26 +122,32 @@ class RayCluster:
 
     def check_storage(self) -> None:
         """Refuse to start when a task cannot read what the server writes in its job folder."""
-        ray = _ray()
-        from .ray_task import probe
-
         token = secrets.token_hex(16)
         path = self.jobs_root / f".ray-probe-{token}"
         path.write_text(token)
+        try:
+            node, seen = self._probe(path, token)
+        finally:
+            path.unlink(missing_ok=True)
+        if node is None:
+            log.warning("could not check that Ray tasks see %s: no %s came free within %.0f s; each job "
+                        "checks it again", self.jobs_root, self.resource, PROBE_S)
+        elif not seen:
+            raise ExecutorError(f"A Ray task on {node} cannot see the job folder {self.jobs_root}. Put --data-dir "
+                                "on storage every node mounts at the same path (NFS or similar), and pass that path.")
+
+    def _probe(self, path: Path, token: str) -> tuple[str | None, bool]:
+        """(node, whether a task there read `token` at `path`); node None when none ran in time."""
+        ray = _ray()
+        from .ray_task import probe
+
         ref = ray.remote(**self.requirements())(probe).options(name="dreamsculpt storage check").remote(
             str(path), token)
         try:
-            node, seen = ray.get(ref, timeout=PROBE_S)
+            return ray.get(ref, timeout=PROBE_S)
         except ray.exceptions.GetTimeoutError:
             ray.cancel(ref, force=True)
-            log.warning("could not check that Ray tasks see %s: no %s came free within %.0f s; each job "
-                        "checks it again", self.jobs_root, self.resource, PROBE_S)
-            return
-        finally:
-            path.unlink(missing_ok=True)
-        if not seen:
-            raise ExecutorError(f"A Ray task on {node} cannot see the job folder {self.jobs_root}. Put --data-dir "
-                                "on storage every node mounts at the same path (NFS or similar), and pass that path.")
+            return None, False
 
     def requirements(self) -> dict:
         """What one job takes: one unit of the resource (num_gpus / num_cpus for GPU and CPU)."""
