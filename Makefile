@@ -29,7 +29,7 @@ test: venv
 test-fast: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -m "not slow"
 
-# Prints the markdown tables of bench/README.md (about 20 minutes on 2 cores; run it on a quiet machine).
+# Prints the markdown tables of bench/README.md (about 35 minutes on 2 cores; run it on a quiet machine).
 bench: venv
 	$(VENV)/bin/python bench/bench_encodings.py
 	$(VENV)/bin/python bench/bench_step.py
@@ -41,3 +41,4 @@ bench: venv
 	$(VENV)/bin/python bench/bench_assets.py
 	$(VENV)/bin/python bench/bench_backgrounds.py
 	$(VENV)/bin/python bench/bench_refine.py --shapes cube
+	$(VENV)/bin/python bench/bench_farm.py
