@@ -4,18 +4,18 @@ the one that starts a backend, are marked slow)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
+from addon_modules import ADDON
+from addon_modules import load as _load
 from asset_fixture import (
     CUBE_FACES,
     FACE_UVS,
@@ -26,17 +26,9 @@ from asset_fixture import (
 )
 from server_harness import tiny_job
 
-ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
 BPY_FREE = ("client", "plymesh", "jobs", "backend_process", "cameras", "job_requests", "watchers")
 
 
-def _load(name: str):
-    """Import blender_addon.<name> without running the package's __init__ (which needs bpy)."""
-    if "addon" not in sys.modules:
-        package = types.ModuleType("addon")
-        package.__path__ = [str(ADDON)]
-        sys.modules["addon"] = package
-    return importlib.import_module(f"addon.{name}")
 
 
 client_mod, plymesh, jobs = _load("client"), _load("plymesh"), _load("jobs")

@@ -4,14 +4,11 @@ history can hold, and Run Again's settings make the same body again. No bpy, no 
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-import types
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from addon_modules import load as _load
 
 # The backend's request models: the contract the CLI and the job server validate with.
 from dreamsculpt.requests import (
@@ -23,22 +20,11 @@ from dreamsculpt.requests import (
     TextTo3DRequest,
 )
 
-ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
 MODELS = {"text_to_3d": TextTo3DRequest, "image_to_3d": ImageTo3DRequest, "novel_views": NovelViewsRequest,
           "scene_walk": SceneWalkRequest}
 #: What POST /images returns and jobs.upload_and_submit adds to an image job's body (and, for a
 #: scene walk's start render, what POST /images?depth=true returns for its depth).
 IMAGE_ID, DEPTH_ID = "ab" * 32, "cd" * 32
-
-
-def _load(name: str):
-    """Import blender_addon.<name> without running the package's __init__ (which needs bpy)."""
-    if "addon" not in sys.modules:
-        package = types.ModuleType("addon")
-        package.__path__ = [str(ADDON)]
-        sys.modules["addon"] = package
-    return importlib.import_module(f"addon.{name}")
-
 
 job_requests, cameras = _load("job_requests"), _load("cameras")
 

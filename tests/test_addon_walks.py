@@ -10,8 +10,8 @@ from array import array
 
 import numpy as np
 import pytest
+from addon_modules import load as _load
 from PIL import Image
-from test_addon_requests import _load
 
 walks = _load("walks")
 

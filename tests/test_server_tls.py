@@ -6,12 +6,9 @@ start a real `dreamsculpt serve` are marked slow."""
 from __future__ import annotations
 
 import http.server
-import importlib
 import logging
 import ssl
-import sys
 import threading
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from addon_modules import load as _load
 from dreamsculpt import cli
 from dreamsculpt.errors import DreamsculptError
 from dreamsculpt.server.app import create_app
@@ -31,16 +29,8 @@ from server_harness import ServerProcess, tiny_job
 from test_cli import error_line
 
 TOKEN = "test-token-0123456789"
-ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
 
 
-def _load(name: str):
-    """Import blender_addon.<name> without running the package's __init__ (which needs bpy)."""
-    if "addon" not in sys.modules:
-        package = types.ModuleType("addon")
-        package.__path__ = [str(ADDON)]
-        sys.modules["addon"] = package
-    return importlib.import_module(f"addon.{name}")
 
 
 client_mod = _load("client")
