@@ -74,7 +74,7 @@ def _request(prompt: str = "a red cube") -> TextTo3DRequest:
 
 
 @contextmanager
-def _dispatcher(tmp_path: Path, executor: FakeExecutor):
+def _dispatcher(tmp_path: Path, executor: FakeExecutor | list[FakeExecutor]):
     settings = ServerSettings(data_dir=tmp_path, device="cpu", idle_release_s=0)
     dispatcher = Dispatcher(JobStore(tmp_path), settings, executor)
     dispatcher.start()
@@ -169,3 +169,27 @@ def test_a_shutdown_interrupts_the_running_job(tmp_path, answer):
     assert executor.cancelled == [(job.id, CANCEL_GRACE_S)]
     assert stopped.status is JobState.interrupted and stopped.error is None
     assert '"status": "interrupted"' in (dispatcher.store.folder(job.id) / "status.json").read_text()
+
+
+def test_two_lanes_run_two_jobs_at_once_in_queue_order_and_cancel_reaches_the_right_one(tmp_path):
+    lanes = [FakeExecutor(), FakeExecutor()]
+    with _dispatcher(tmp_path, lanes) as dispatcher:
+        jobs = [dispatcher.submit(_request(f"cube {i}")) for i in range(3)]
+        handed = {lanes[0].submitted.get(timeout=5).job_id, lanes[1].submitted.get(timeout=5).job_id}
+        assert handed == {jobs[0].id, jobs[1].id}                 # the first two, one per lane
+        third = dispatcher.status(jobs[2].id)
+        assert third.status is JobState.queued and third.queue_position == 0
+        health = dispatcher.health()
+        assert [w["state"] for w in health["workers"]] == ["busy", "busy"] and health["worker"] == "busy"
+        assert health["running"] == jobs[0].id and health["queue"] == 1
+        started = [dispatcher.status(j.id).started for j in jobs[:2]]
+        assert started[0] <= started[1]                           # stamped in queue order
+
+        lane = lanes[[w["running"] for w in health["workers"]].index(jobs[1].id)]
+        dispatcher.cancel(jobs[1].id)
+        assert lane.cancelled == [(jobs[1].id, CANCEL_GRACE_S)]
+        assert all(not e.cancelled for e in lanes if e is not lane)
+        assert _wait(lambda: dispatcher.status(jobs[1].id), lambda j: j.status.finished).status is JobState.cancelled
+        run = lane.submitted.get(timeout=5)                       # the freed lane takes the third
+        assert run.job_id == jobs[2].id
+        assert dispatcher.status(jobs[0].id).status is JobState.running

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -143,3 +144,18 @@ def test_a_server_killed_mid_queue_comes_back_and_every_job_ends_done_once(tmp_p
             assert finished_count(server.data_dir / "jobs" / job["id"]) == 1   # nothing ran twice to the end
     finally:
         server.stop()
+
+
+def test_a_batch_runs_on_the_ray_cluster(tmp_path, cluster):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps(tiny_job(seed=i, name=f"cube-{i}")) for i in range(3)) + "\n")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "dreamsculpt", "batch", str(jobs), "--out", str(out),
+                          "--ray", cluster.address, "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for i in range(3):
+        folder = out / f"cube-{i}"
+        assert json.loads((folder / "status.json").read_text())["status"] == "done"
+        assert (folder / "out" / "mesh.glb").is_file() and finished_count(folder) == 1
+        assert '"type": "Hello"' in (folder / "events.jsonl").read_text()    # it ran as a Ray task
+    assert run.stdout.count(" done ") == 3 and "3 job(s): 3 done." in run.stdout
