@@ -32,6 +32,10 @@ BACKEND_DEFAULTS = {
     # "image" and "depth_image" (the start render and its depth) are added on the job's thread.
     "scene_walk": frozenset({"fp16", "name", "candidates", "max_faces", "image", "depth_image"}),
 }
+#: Text to 3D: the setting holding each model prior's model.
+MODEL_SETTINGS = {"sd": "model", "mvdream": "mvdream_model", "if": "if_model"}
+#: The priors with view prompts, where Perp-Neg applies (requests.PERP_NEG_PRIORS).
+PERP_NEG_PRIORS = ("sd", "if")
 #: MeshOptions' fields the panel never sets: the add-on imports result.ply, so no OBJ.
 MESH_DEFAULTS = frozenset({"obj"})
 
@@ -122,10 +126,14 @@ def _optimised(s) -> dict:
 
 
 def _text(s, abspath: Callable[[str], str]) -> dict:
-    """TextTo3DRequest's own fields."""
-    body = {"prompt": s.prompt, "negative": s.negative, "prior": s.prior}
-    if s.prior == "sd":
-        body["model"] = s.model
+    """TextTo3DRequest's own fields: the prior, its model (each model prior has its own
+    setting), the score and time schedule, and Perp-Neg where the prior has view prompts."""
+    body = {"prompt": s.prompt, "negative": s.negative, "prior": s.prior, "score": s.score,
+            "t_schedule": s.t_schedule}
+    if s.prior in MODEL_SETTINGS:
+        body["model"] = getattr(s, MODEL_SETTINGS[s.prior])
+    if s.prior in PERP_NEG_PRIORS:
+        body["perp_neg"] = s.perp_neg
     if s.prior == "references":
         body["references"] = abspath(s.references)
     return body
@@ -225,8 +233,11 @@ def to_settings(body: dict, s) -> None:
             s.refine_steps = refine
     if kind == "text_to_3d":
         s.prior = body.get("prior", s.prior)
-        s.model = body.get("model") or s.model
+        if s.prior in MODEL_SETTINGS and body.get("model"):
+            setattr(s, MODEL_SETTINGS[s.prior], body["model"])
         s.references = body.get("references") or s.references
+        s.score, s.t_schedule = body.get("score", "sds"), body.get("t_schedule", "random")
+        s.perp_neg = body.get("perp_neg", False)
         return
     s.image_prior = body.get("prior", s.image_prior)
     s.zero123_model = body.get("model") or s.zero123_model

@@ -6,6 +6,8 @@ from __future__ import annotations
 import bpy
 
 from . import backend_process
+from .job_requests import MODEL_SETTINGS, PERP_NEG_PRIORS
+from .properties import WALK_PRIORS
 from .results import preview_icon
 from .timer import MONITOR
 from .watchers import is_followed
@@ -70,13 +72,17 @@ def draw_progress(layout, s) -> None:
 
 def draw_text_mode(col, s) -> None:
     col.prop(s, "prompt", text="")
-    if s.prior == "sd":
+    if s.prior in MODEL_SETTINGS:
         col.prop(s, "negative", text="", placeholder="Negative prompt")
     col.prop(s, "prior")
-    if s.prior == "sd":
-        col.prop(s, "model")
+    if s.prior in MODEL_SETTINGS:
+        col.prop(s, MODEL_SETTINGS[s.prior])
     elif s.prior == "references":
         col.prop(s, "references")
+    col.prop(s, "score")
+    col.prop(s, "t_schedule")
+    if s.prior in PERP_NEG_PRIORS:
+        col.prop(s, "perp_neg")
 
 
 def camera_problem(scene) -> str:
@@ -109,6 +115,8 @@ def draw_walk_mode(col, s, scene) -> None:
     """The scene walk: what the scene is, the path, and where it starts."""
     col.prop(s, "prompt", text="")
     col.prop(s, "prior")
+    if s.prior not in WALK_PRIORS:
+        col.label(text="Scene walks use Stable Diffusion, Built-in shapes or Reference images", icon="ERROR")
     if s.prior == "sd":
         col.prop(s, "inpaint_model")
         col.prop(s, "depth_model")

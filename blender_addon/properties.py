@@ -16,7 +16,22 @@ from bpy.props import (
 
 PRIORS = [("builtin", "Built-in shapes", "Offline analytic shapes (cube, sphere, torus, cone, cylinder)"),
           ("sd", "Stable Diffusion", "Text-to-image diffusion model (a GPU is strongly advised)"),
+          ("mvdream", "MVDream", "Multi-view diffusion: four views at once, each knowing its camera, so no faces on "
+                                 "every side (text to 3D; a GPU is strongly advised)"),
+          ("if", "DeepFloyd IF", "DeepFloyd IF stage I, 64 px pixel-space diffusion with a T5 text encoder (text to "
+                                 "3D; gated licence; a GPU with much memory is advised)"),
           ("references", "Reference images", "A folder of images on the backend's machine")]
+#: The priors of scene walks (the others are text to 3D only).
+WALK_PRIORS = ("sd", "builtin", "references")
+#: The priors that are diffusion models: they take the score, time schedule and a model.
+MODEL_PRIORS = ("sd", "mvdream", "if")
+SCORES = [("sds", "SDS", "Score Distillation Sampling (DreamFusion)"),
+          ("sjc", "SJC", "Score Jacobian Chaining: perturb-and-average scoring (two noise draws a step)")]
+T_SCHEDULES = [("random", "Random", "Uniform diffusion times"),
+               ("anneal", "Anneal", "Uniform times under a ceiling that falls to 0.5 over the run"),
+               ("dreamtime", "DreamTime", "One time a step, falling monotonically: shape first, then detail")]
+DEFAULT_MVDREAM_MODEL = "MVDream/MVDream"
+DEFAULT_IF_MODEL = "DeepFloyd/IF-I-XL-v1.0"
 PRESETS = [("preview", "Preview", "32 px renders, 600 steps: rough, fast"),
            ("standard", "Standard", "64 px renders, 1500 steps"),
            ("high", "High", "128 px renders, 4000 steps: slow")]
@@ -86,6 +101,18 @@ class DreamsculptSettings(bpy.types.PropertyGroup):
     prior: EnumProperty(name="Prior", items=PRIORS, default="builtin")
     model: StringProperty(name="Model", default="stabilityai/stable-diffusion-2-1-base",
                           description="Hub id, diffusers folder or .safetensors file, on the backend's machine")
+    mvdream_model: StringProperty(name="Model", default=DEFAULT_MVDREAM_MODEL,
+                                  description="MVDream: hub id, converted diffusers folder or the original "
+                                              "sd-v2.1-base-4view checkpoint, on the backend's machine")
+    if_model: StringProperty(name="Model", default=DEFAULT_IF_MODEL,
+                             description="DeepFloyd IF stage I: hub id or diffusers folder, on the backend's machine")
+    score: EnumProperty(name="Score", items=SCORES, default="sds",
+                        description="How the diffusion model's prediction becomes a gradient")
+    t_schedule: EnumProperty(name="Time Schedule", items=T_SCHEDULES, default="random",
+                             description="How each step's diffusion time is drawn")
+    perp_neg: BoolProperty(name="Perp-Neg", default=False,
+                           description="The other views' prompts as negatives (their parts perpendicular to the "
+                                       "view's own): fewer faces on every side (Stable Diffusion and IF)")
     references: StringProperty(name="References", description="Folder of reference images on the backend's machine")
     seed: IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     preset: EnumProperty(name="Quality", items=PRESETS, default="standard")

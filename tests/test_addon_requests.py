@@ -32,7 +32,9 @@ job_requests, cameras = _load("job_requests"), _load("cameras")
 def panel(**changes) -> SimpleNamespace:
     """The panel's settings as a fresh scene has them (properties.DreamsculptSettings' defaults)."""
     defaults = {"mode": "text_to_3d", "prompt": "a red cube", "negative": "", "prior": "builtin",
-                "model": "stabilityai/stable-diffusion-2-1-base", "references": "", "seed": 0, "preset": "standard",
+                "model": "stabilityai/stable-diffusion-2-1-base", "mvdream_model": "MVDream/MVDream",
+                "if_model": "DeepFloyd/IF-I-XL-v1.0", "score": "sds", "t_schedule": "random", "perp_neg": False,
+                "references": "", "seed": 0, "preset": "standard",
                 "steps": 0, "guidance_scale": 0.0, "mesh_resolution": 0, "threshold": 0.0, "image_source": "CAMERA",
                 "image_path": "", "image_prior": "zero123", "zero123_model": "ashawkey/zero123-xl-diffusers",
                 "view_count": 8, "autoregressive": False, "view_planes": False, "image_prompt": "",
@@ -74,6 +76,9 @@ CASES = [
     (panel(refine_mode="CUSTOM", refine_steps=2500), None),
     (panel(mode="image_to_3d", refine_mode="CUSTOM", refine_steps=300), captured()),
     (panel(mode="novel_views", refine_mode="CUSTOM", refine_steps=300), captured()),
+    (panel(prior="sd", perp_neg=True, score="sjc", t_schedule="dreamtime"), None),
+    (panel(prior="mvdream", mvdream_model="/models/mvdream", t_schedule="anneal"), None),
+    (panel(prior="if", perp_neg=True, negative="blurry"), None),
 ]
 
 

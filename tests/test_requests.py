@@ -140,3 +140,49 @@ def test_a_refused_value_stops_before_torch_is_imported():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     assert error_line(result.stderr) == "error: --steps must be from 1 to 100000 (got 10000000)."
+
+
+#: The guidance options of `generate`: (option, request field).
+CHOICES = [("--prior", "prior"), ("--score", "score"), ("--t-schedule", "t_schedule")]
+
+
+@pytest.mark.parametrize("option,field", CHOICES, ids=[o for o, _ in CHOICES])
+def test_the_guidance_choices_are_the_servers(option, field, server, capsys):
+    """The CLI offers exactly the values the request model accepts; a value outside them is
+    refused by both (argparse names the choices, the server says 422 naming the field)."""
+    from dreamsculpt.requests import TextTo3DRequest
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    action = next(a for a in sub._actions if option in a.option_strings)
+    assert tuple(action.choices) == TextTo3DRequest.model_fields[field].annotation.__args__
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "a red cube", option, "nonsense"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    response = server.post("/jobs", json={"kind": "text_to_3d", "prompt": "a red cube", field: "nonsense"})
+    assert response.status_code == 422 and field in response.json()["message"]
+
+
+@pytest.mark.parametrize("prior", ["mvdream", "builtin", "references"])
+def test_perp_neg_off_the_view_prompt_priors_is_refused_alike(prior, server, tmp_path, capsys):
+    extra = ["--references", str(tmp_path)] if prior == "references" else []
+    assert cli.main(["generate", "a red cube", "--prior", prior, "--perp-neg", *extra,
+                     "--out", str(tmp_path / "out")]) == 1
+    message = error_line(capsys.readouterr().err)
+    assert message.startswith("error: --perp-neg: Perp-Neg works on the view prompts of the sd and if priors"), message
+    body = {"kind": "text_to_3d", "prompt": "a red cube", "prior": prior, "perp_neg": True}
+    response = server.post("/jobs", json=body | ({"references": str(tmp_path)} if extra else {}))
+    assert response.status_code == 422
+    assert message.removeprefix("error: --perp-neg: ") in response.json()["message"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_new_guidance_options_reach_the_run_config():
+    parser = cli.build_parser()
+    args = parser.parse_args(["generate", "a cat", "--prior", "if", "--score", "sjc", "--t-schedule", "dreamtime",
+                              "--perp-neg"])
+    g = cli.request_from_args(args, parser).to_config().guidance
+    assert (g.prior, g.model, g.score, g.t_schedule, g.perp_neg) == ("if", "DeepFloyd/IF-I-XL-v1.0", "sjc",
+                                                                     "dreamtime", True)
+    args = parser.parse_args(["generate", "a cat", "--prior", "mvdream", "--model", "/models/mv.pt"])
+    g = cli.request_from_args(args, parser).to_config().guidance
+    assert (g.model, g.score, g.t_schedule, g.perp_neg) == ("/models/mv.pt", "sds", "random", False)

@@ -196,3 +196,39 @@ def test_fp16_is_cuda_only():
     with pytest.raises(DreamsculptError, match="CUDA-only"):
         resolve_dtype(True, "mps")
     assert resolve_dtype(True, "cuda") == torch.float16  # no GPU needed to decide the dtype
+
+
+def test_sjc_perp_neg_and_dreamtime_each_give_a_finite_gradient_of_their_own(components):
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    cameras = Cameras.from_orbit(torch.tensor([-90.0, 30.0]), 10.0, 3.0, 40.0)
+    grads = {}
+    for name, options in {"sds": {}, "sjc": {"score": "sjc"}, "perp_neg": {"perp_neg": True},
+                          "dreamtime": {"t_schedule": "dreamtime"}}.items():
+        out = make_guidance(components, **options).grad(images, cameras, 0.4, torch.Generator().manual_seed(5))
+        assert out.grad.shape == images.shape and torch.isfinite(out.grad).all() and out.grad.abs().max() > 0
+        grads[name] = out.grad
+    for name in ("sjc", "perp_neg", "dreamtime"):
+        assert not torch.allclose(grads[name], grads["sds"]), name
+    assert "SJC" in make_guidance(components, score="sjc").describe()
+    assert "Perp-Neg" in make_guidance(components, perp_neg=True).describe()
+
+
+@pytest.mark.parametrize("options", [{"score": "sds"}, {"score": "sjc", "perp_neg": True, "t_schedule": "dreamtime"}],
+                         ids=["sds", "sjc-perp-neg-dreamtime"])
+def test_one_training_step_with_the_tiny_model_changes_the_field(tiny_model, options):
+    from dreamsculpt.optimize import Trainer, TrainingViews
+    from dreamsculpt.priors import text_prior
+    from test_optimize import tiny_config
+
+    config = tiny_config(steps=4)
+    g = config.guidance
+    g.prior, g.prompt, g.model, g.device = "sd", "a red cube", tiny_model, "cpu"
+    for key, value in options.items():
+        setattr(g, key, value)
+    prior = text_prior(g, config.render.resolution, TrainingViews.of(config))
+    trainer = Trainer(config, prior.guidance, views=prior.views)
+    before = trainer.field.planes.detach().clone()
+    trainer.train_step()
+    grads = [p.grad for group in trainer.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    assert grads and all(torch.isfinite(grad).all() for grad in grads)
+    assert not torch.equal(trainer.field.planes.detach(), before)

@@ -20,12 +20,15 @@ from .cli_batch import add_batch, run_batch
 from .cli_walk import add_scene_walk, path_problem, read_path
 from .config import (
     BACKGROUNDS,
+    DEFAULT_MODELS,
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
     ORIGINS,
     PRESETS,
     PRIORS,
+    SCORES,
+    T_SCHEDULES,
     ZERO123_VARIANTS,
 )
 from .errors import CancelledError, DreamsculptError
@@ -48,14 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(kind="text_to_3d")
     gen.add_argument("prompt", help='what to make, e.g. "a red cube"')
     gen.add_argument("--prior", choices=PRIORS, default="sd",
-                     help="sd: Stable Diffusion (needs the model); builtin: offline analytic shapes; "
-                          "references: your own images (--references DIR)")
-    gen.add_argument("--model", default=DEFAULT_SD_MODEL, help="hub id, diffusers folder or .safetensors/.ckpt file")
+                     help="sd: Stable Diffusion; mvdream: MVDream, four views at once (no faces on every side); "
+                          "if: DeepFloyd IF stage I; these need their model (dreamsculpt models list). "
+                          "builtin: offline analytic shapes; references: your own images (--references DIR)")
+    gen.add_argument("--model", help="the prior's model: hub id, diffusers folder or weights file (default: "
+                                     + ", ".join(f"{k} {v}" for k, v in DEFAULT_MODELS.items()) + ")")
     gen.add_argument("--references", metavar="DIR", help="folder of square images (+ optional poses.json)")
-    gen.add_argument("--negative", default="", help="negative prompt (sd prior)")
+    gen.add_argument("--negative", default="", help="negative prompt (sd, mvdream, if)")
+    gen.add_argument("--score", choices=SCORES, help="sds: Score Distillation Sampling (default); sjc: Score "
+                                                     "Jacobian Chaining's perturb-and-average scoring")
+    gen.add_argument("--t-schedule", choices=T_SCHEDULES,
+                     help="diffusion times: random (default), anneal (the top falls to 0.5), dreamtime (one "
+                          "time a step, falling: DreamTime)")
+    gen.add_argument("--perp-neg", action="store_true",
+                     help="Perp-Neg: the other views' prompts as negatives (sd and if priors)")
     _add_mesh_options(gen)
     _add_background_option(gen)
-    _add_run_options(gen, "out/<prompt>", "classifier-free guidance (default: 100 for sd)")
+    _add_run_options(gen, "out/<prompt>", "classifier-free guidance (default: the prior's, 100 for sd)")
 
     img = sub.add_parser("image-to-3d", help="one image (and its camera) to a coloured mesh")
     img.set_defaults(kind="image_to_3d")

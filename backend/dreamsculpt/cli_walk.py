@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .config import DEFAULT_DEPTH_MODEL, DEFAULT_INPAINT_MODEL, MOTIONS, PRIORS
+from .config import DEFAULT_DEPTH_MODEL, DEFAULT_INPAINT_MODEL, MOTIONS, WALK_PRIORS
 from .errors import DreamsculptError
 
 
@@ -30,7 +30,7 @@ def add_scene_walk(sub, add_run_options) -> None:
     walk.add_argument("--start-depth", type=Path, metavar="DEPTH",
                       help="the start image's depth: a 16-bit PNG in millimetres or a float32 .npy in metres, "
                            "view depth (it fixes the scene's scale)")
-    walk.add_argument("--prior", choices=PRIORS, default="sd",
+    walk.add_argument("--prior", choices=WALK_PRIORS, default="sd",
                       help="sd: Stable Diffusion inpainting and a depth model; builtin: offline rooms; references: "
                            "your posed RGB-D frames (--references DIR)")
     walk.add_argument("--references", metavar="DIR", help="folder with frames.json: RGB-D frames and their cameras")

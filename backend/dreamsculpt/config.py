@@ -10,12 +10,29 @@ from dataclasses import field as _field
 
 DEFAULT_SD_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_ZERO123_MODEL = "ashawkey/zero123-xl-diffusers"
+#: MVDream's original release: the hub repo holding sd-v2.1-base-4view.pt (its UNet; the VAE and
+#: text encoder it was trained with are Stable Diffusion 2.1-base's, frozen).
+DEFAULT_MVDREAM_MODEL = "MVDream/MVDream"
+#: DeepFloyd IF stage I (64 px, T5-XXL text encoder). Gated on the hub, under DeepFloyd's own
+#: licence: the user accepts it there; Dreamsculpt ships no weights.
+DEFAULT_IF_MODEL = "DeepFloyd/IF-I-XL-v1.0"
 #: Scene walks: the inpainting model (a 9-channel SD UNet) and an indoor metric depth model.
 DEFAULT_INPAINT_MODEL = "stabilityai/stable-diffusion-2-inpainting"
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
 #: A scene walk's preset moves from one camera (scenes/paths.py).
 MOTIONS = ("forward", "backward", "orbit", "pan")
-PRIORS = ("sd", "builtin", "references")
+PRIORS = ("sd", "mvdream", "if", "builtin", "references")
+#: Priors of scene walks: Stable Diffusion inpainting with a depth model, the built-in rooms,
+#: or the user's RGB-D frames (scenes/models.py).
+WALK_PRIORS = ("sd", "builtin", "references")
+#: The priors that are diffusion models (a model to load), and the one each loads by default.
+DEFAULT_MODELS = {"sd": DEFAULT_SD_MODEL, "mvdream": DEFAULT_MVDREAM_MODEL, "if": DEFAULT_IF_MODEL}
+#: How a model's noise prediction becomes a gradient: Score Distillation Sampling
+#: (DreamFusion) or Score Jacobian Chaining's perturb-and-average scoring (guidance/scores.py).
+SCORES = ("sds", "sjc")
+#: How the diffusion time of each step is drawn (guidance/base.py, TimestepSchedule):
+#: uniform, uniform under a linearly falling ceiling, or DreamTime's monotone decrease.
+T_SCHEDULES = ("random", "anneal", "dreamtime")
 #: Priors of the image kinds: Zero-1-to-3 (a model), or the built-in shapes, view-conditioned.
 IMAGE_PRIORS = ("zero123", "builtin")
 ZERO123_VARIANTS = ("auto", "zero123", "stable_zero123")
@@ -60,11 +77,14 @@ class CameraConfig:
     anchors: tuple[tuple[float, float], ...] = ()   # (azimuth_deg, elevation_deg) pairs
     anchor_probability: float = 0.8
     anchor_jitter_deg: float = 3.0
+    # Multi-view priors (MVDream): each sampled camera brings ring - 1 more at 360 / ring degrees
+    # of azimuth from it, sharing its elevation, distance and field of view.
+    ring: int = 1
 
 
 @dataclass
 class GuidanceConfig:
-    prior: str = "sd"               # sd | builtin | references
+    prior: str = "sd"               # one of PRIORS
     prompt: str = ""
     negative: str = ""
     model: str = DEFAULT_SD_MODEL   # hub id, local diffusers folder or one .safetensors/.ckpt
@@ -72,7 +92,10 @@ class GuidanceConfig:
     guidance_scale: float | None = None  # None: the prior's own default (100 for sd)
     t_min: float = 0.02
     t_max: float = 0.98
-    t_anneal_to: float | None = None
+    t_anneal_to: float | None = None  # t_schedule "anneal": the ceiling at the end (None: 0.5)
+    t_schedule: str = "random"      # one of T_SCHEDULES
+    score: str = "sds"              # one of SCORES
+    perp_neg: bool = False          # Perp-Neg: the other view prompts as perpendicular negatives
     view_dependent: bool = True     # front / side / back / overhead prompts
     view_sigma_deg: float = 10.0    # reference prior: width of the camera-proximity kernel
     fp16: bool = False              # opt-in, CUDA only

@@ -53,7 +53,9 @@ class PictureTarget:
 
 def sample_cameras(config: CameraConfig, batch: int, generator: torch.Generator) -> Cameras:
     """Uniform azimuth, elevation, distance and FOV inside the configured ranges; with anchors,
-    most cameras instead sit at a jittered anchor viewpoint."""
+    most cameras instead sit at a jittered anchor viewpoint. With config.ring = R > 1 each of
+    the `batch` cameras brings R - 1 more at 360 / R degrees of azimuth steps from it, sharing
+    its elevation, distance and FOV: [batch * R] cameras, grouped by ring."""
     def uniform(lo_hi):
         lo, hi = lo_hi
         return lo + (hi - lo) * torch.rand(batch, generator=generator)
@@ -67,7 +69,12 @@ def sample_cameras(config: CameraConfig, batch: int, generator: torch.Generator)
         use = torch.rand(batch, generator=generator) < config.anchor_probability
         azimuth = torch.where(use, pick[:, 0] + jitter[:, 0], azimuth)
         elevation = torch.where(use, (pick[:, 1] + jitter[:, 1]).clamp(-89.0, 89.0), elevation)
-    return Cameras.from_orbit(azimuth, elevation, uniform(config.distance), uniform(config.fov_deg))
+    distance, fov = uniform(config.distance), uniform(config.fov_deg)
+    if config.ring > 1:   # multi-view priors: [B * ring] cameras, each group a ring around the object
+        turns = torch.arange(config.ring, dtype=torch.float32) * (360.0 / config.ring)
+        azimuth = (azimuth[:, None] + turns[None]).reshape(-1)
+        elevation, distance, fov = (v.repeat_interleave(config.ring) for v in (elevation, distance, fov))
+    return Cameras.from_orbit(azimuth, elevation, distance, fov)
 
 
 def light_near(cameras: Cameras, generator: torch.Generator) -> torch.Tensor:

@@ -3,6 +3,8 @@ config: it returns the guidance together with the training views it wants (a pos
 wants cameras where its images were taken, and albedo-only renders).
 
     sd          Stable Diffusion (a model: hub id, folder or one file)
+    mvdream     MVDream: four views at once, each knowing its camera (guidance/mvdream.py)
+    if          DeepFloyd IF stage I: pixel-space guidance at 64 px (guidance/deepfloyd.py)
     builtin     the built-in shapes the prompt names (closed-form prior, offline)
     references  a folder of the user's images, posed or not (closed-form prior)
 
@@ -102,9 +104,39 @@ def _stable_diffusion(g: GuidanceConfig, resolution: int, views: TrainingViews, 
     return Prior(StableDiffusionGuidance(g, device, components), f"sd: {g.model}", g.model, views)
 
 
+def _mvdream(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:
+    from .devices import resolve_device, resolve_dtype
+    from .guidance.mvdream import (
+        MVDREAM_VIEWS,
+        MVDreamGuidance,
+        load_mvdream_components,
+    )
+
+    device = resolve_device(g.device)
+    dtype = resolve_dtype(g.fp16, device)
+    key = f"mvdream {g.model} {device} {str(dtype).replace('torch.', '')}"
+    components = models.get(key, lambda: load_mvdream_components(g.model, device, dtype))
+    # Its views come in rings of four, 90 degrees apart, as it was trained.
+    ring = TrainingViews(replace(views.camera, ring=MVDREAM_VIEWS), views.shading)
+    return Prior(MVDreamGuidance(g, device, components), f"mvdream: {g.model}", g.model, ring)
+
+
+def _deepfloyd(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:
+    from .devices import resolve_device, resolve_dtype
+    from .guidance.deepfloyd import DeepFloydGuidance, load_if_components
+
+    device = resolve_device(g.device)
+    dtype = resolve_dtype(g.fp16, device)
+    key = f"if {g.model} {device} {str(dtype).replace('torch.', '')}"
+    components = models.get(key, lambda: load_if_components(g.model, device, dtype))
+    return Prior(DeepFloydGuidance(g, device, components), f"if: {g.model}", g.model, views)
+
+
 #: prior name -> builder (the request's `prior`). One line per prior.
 TEXT_PRIORS: dict[str, Callable[[GuidanceConfig, int, TrainingViews, ModelCache], Prior]] = {
     "sd": _stable_diffusion,
+    "mvdream": _mvdream,
+    "if": _deepfloyd,
     "builtin": _builtin_shapes,
     "references": _image_folder,
 }

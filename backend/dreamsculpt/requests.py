@@ -24,6 +24,7 @@ from .config import (
     BACKGROUNDS,
     DEFAULT_DEPTH_MODEL,
     DEFAULT_INPAINT_MODEL,
+    DEFAULT_MODELS,
     DEFAULT_SD_MODEL,
     DEFAULT_ZERO123_MODEL,
     IMAGE_PRIORS,
@@ -32,6 +33,9 @@ from .config import (
     ORIGINS,
     PRESETS,
     PRIORS,
+    SCORES,
+    T_SCHEDULES,
+    WALK_PRIORS,
     ZERO123_VARIANTS,
     RunConfig,
     build_config,
@@ -43,6 +47,8 @@ IMAGE_ID_PATTERN = r"^[0-9a-f]{64}$"
 #: A job's name: a folder name on every OS (no separators, no leading dot, no spaces).
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+#: The priors whose text has view prompts, the ones Perp-Neg works on.
+PERP_NEG_PRIORS = ("sd", "if")
 
 
 def _no_control_characters(value: str | None) -> str | None:
@@ -175,14 +181,26 @@ class TextTo3DRequest(_Optimised):
     """A text (or reference set) to coloured mesh job: the options of `dreamsculpt generate`."""
 
     kind: Literal["text_to_3d"]
-    prior: Literal[PRIORS] = Field("sd", description="sd: Stable Diffusion; builtin: offline shapes; "
-                                                     "references: a folder of images on the server's disk.")
+    prior: Literal[PRIORS] = Field("sd", description="sd: Stable Diffusion; mvdream: MVDream (four views at "  # type: ignore[valid-type]
+                                                     "once, the cure for faces on every side); if: DeepFloyd IF "
+                                                     "stage I (64 px); builtin: offline shapes; references: a "
+                                                     "folder of images on the server's disk.")
     prompt: Prompt = Field("", validate_default=True, description='What to make, e.g. "a red cube".')
-    negative: PlainText = Field("", max_length=2000, description="Negative prompt (sd prior).")
-    model: ModelName = Field(DEFAULT_SD_MODEL, description="Hub id, diffusers folder or .safetensors/.ckpt file "
-                                                           "(sd prior).")
+    negative: PlainText = Field("", max_length=2000, description="Negative prompt (sd, mvdream, if).")
+    model: ModelName | None = Field(None, description="Hub id, diffusers folder or weights file of the prior's model "
+                                                      "(default: the prior's own: " + ", ".join(
+                                                          f"{k} {v}" for k, v in DEFAULT_MODELS.items()) + ").")
     references: PlainText | None = Field(None, min_length=1, max_length=4096, validate_default=True,
                                          description="Folder of square images (+ poses.json) on the server's disk.")
+    score: Literal[SCORES] = Field("sds", description="sds: Score Distillation Sampling; sjc: Score Jacobian "  # type: ignore[valid-type]
+                                                      "Chaining's perturb-and-average scoring (2 noise draws a "
+                                                      "step, unit weight).")
+    t_schedule: Literal[T_SCHEDULES] = Field("random", description="Diffusion times: random (uniform), anneal "  # type: ignore[valid-type]
+                                                                   "(uniform under a ceiling falling to 0.5), "
+                                                                   "dreamtime (one time a step, falling "
+                                                                   "monotonically: DreamTime).")
+    perp_neg: bool = Field(False, description="Perp-Neg: the other views' prompts as negatives, only their parts "
+                                              "perpendicular to the view's own (sd and if: their view prompts).")
 
     @field_validator("prompt")
     @classmethod
@@ -199,15 +217,35 @@ class TextTo3DRequest(_Optimised):
                              "disk (--references DIR on the command line)")
         return value
 
+    @field_validator("perp_neg")
+    @classmethod
+    def _perp_neg_on_view_prompts(cls, value: bool, info: ValidationInfo) -> bool:
+        prior = info.data.get("prior")
+        if value and prior not in PERP_NEG_PRIORS:
+            why = ("mvdream knows each view's camera and has no view prompts" if prior == "mvdream"
+                   else f"the {prior} prior has no text model")
+            raise ValueError(f"Perp-Neg works on the view prompts of the sd and if priors, and {why}: leave "
+                             "Perp-Neg off, or choose prior sd or if")
+        return value
+
     def subject(self) -> str:
         """What the job is about, for logs."""
         return repr(self.prompt)
 
+    def chosen_model(self) -> str | None:
+        """The model the job loads: `model`, or the prior's default (None for the closed-form priors)."""
+        if self.prior not in DEFAULT_MODELS:
+            return None
+        return self.model or DEFAULT_MODELS[self.prior]
+
     def to_config(self, device: str = "auto", image_path: str | Path | None = None) -> RunConfig:
         """The run's configuration (`image_path` is for the image kinds; unused here)."""
-        return build_config(self.prompt, prior=self.prior, negative=self.negative, model=self.model,
-                            references=self.references, **self._run_options(device), **self._optimise_options(),
-                            background=self.background)
+        config = build_config(self.prompt, prior=self.prior, negative=self.negative,
+                              model=self.chosen_model() or DEFAULT_SD_MODEL, references=self.references,
+                              **self._run_options(device), **self._optimise_options(), background=self.background)
+        g = config.guidance
+        g.score, g.t_schedule, g.perp_neg = self.score, self.t_schedule, self.perp_neg
+        return config
 
 
 class _FromImage(_Run):
@@ -298,7 +336,7 @@ class SceneWalkRequest(_Run):
     options of `dreamsculpt scene-walk`."""
 
     kind: Literal["scene_walk"]
-    prior: Literal[PRIORS] = Field("sd", description="sd: Stable Diffusion inpainting and a depth model; builtin: "  # type: ignore[valid-type]
+    prior: Literal[WALK_PRIORS] = Field("sd", description="sd: Stable Diffusion inpainting and a depth model; builtin: "  # type: ignore[valid-type]
                                                      "the offline rooms; references: your posed RGB-D frames.")
     prompt: Prompt = Field("", validate_default=True, description='What the scene is, e.g. "a room with a red table".')
     references: PlainText | None = Field(None, min_length=1, max_length=4096, validate_default=True,

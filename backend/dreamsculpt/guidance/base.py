@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 
 from ..cameras import Cameras
+from ..config import GuidanceConfig
 
 
 @dataclass
@@ -69,6 +70,14 @@ def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085,
     return torch.cumprod(1.0 - betas, 0).float()
 
 
+#: The anneal schedule's ceiling at the end of the run when none is given (threestudio's and
+#: DreamFusion-follow-ups' common choice: the top of the range falls to the middle).
+DEFAULT_ANNEAL_TO = 0.5
+#: DreamTime's prior over diffusion times: a Gaussian around the middle of the schedule,
+#: m = 500 and s = 125 of 1000 training steps (Huang et al. 2023, section 4).
+DREAMTIME_CENTRE, DREAMTIME_WIDTH = 0.5, 0.125
+
+
 @dataclass
 class TimestepSchedule:
     """Uniform diffusion times in [t_min, t_max_now], where t_max_now moves linearly from
@@ -88,6 +97,55 @@ class TimestepSchedule:
         """[batch] continuous times in [0, 1]."""
         hi = max(self.upper(progress), self.t_min)
         return self.t_min + (hi - self.t_min) * torch.rand(batch, generator=generator)
+
+
+class DreamTimeSchedule:
+    """DreamTime's time-prioritised schedule: one time per step, falling monotonically over the
+    run, so that the coarse shape is made at high noise and the detail at low noise.
+
+    Over the integer steps s of [t_min, t_max] (of T), the weight of a step is
+    W(s) = sqrt((1 - abar_s) / abar_s) * exp(-(s - m)^2 / (2 w^2)), normalised to sum to 1
+    (the SDS weight of that noise level times a Gaussian prior around the middle, m = 0.5 T,
+    w = 0.125 T). At progress p the step is the one where the weight above it reaches p:
+    the smallest s with sum_{s' > s} W(s') <= p, i.e. argmin_s |sum_{s' >= s} W(s') - p|
+    taken from above. Every image of a step gets the same time; `generator` is not used."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor, t_min: float = 0.02, t_max: float = 0.98):
+        alphas = alphas_cumprod.detach().double().cpu()
+        count = alphas.shape[0]
+        steps = torch.arange(count, dtype=torch.float64)
+        lo, hi = round(t_min * (count - 1)), round(t_max * (count - 1))
+        weight = ((1.0 - alphas) / alphas).sqrt()
+        weight = weight * torch.exp(-(steps - DREAMTIME_CENTRE * count) ** 2
+                                    / (2.0 * (DREAMTIME_WIDTH * count) ** 2))
+        weight[:lo], weight[hi + 1:] = 0.0, 0.0
+        weight = weight / weight.sum()
+        #: above[s] = sum of the weights of the steps above s (0 at the top step).
+        self.above = weight.flip(0).cumsum(0).flip(0) - weight
+        self.lo, self.hi, self.count = lo, hi, count
+
+    def step(self, progress: float) -> int:
+        """The integer step at `progress` in [0, 1]: hi at the start, falling to lo."""
+        p = min(max(progress, 0.0), 1.0)
+        below = (self.above[self.lo:self.hi + 1] <= p + 1e-12).nonzero()
+        return self.lo + int(below[0]) if len(below) else self.hi
+
+    def sample(self, batch: int, progress: float, generator: torch.Generator) -> torch.Tensor:
+        """[batch] continuous times in [0, 1], all the same."""
+        return torch.full((batch,), self.step(progress) / (self.count - 1))
+
+
+def make_schedule(config: GuidanceConfig,
+                  alphas_cumprod: torch.Tensor | None = None) -> TimestepSchedule | DreamTimeSchedule:
+    """The schedule `config.t_schedule` names over [t_min, t_max]. DreamTime weighs steps by
+    the model's noise levels (`alphas_cumprod`, [T]; None: Stable Diffusion's)."""
+    if config.t_schedule == "dreamtime":
+        alphas = scaled_linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+        return DreamTimeSchedule(alphas, config.t_min, config.t_max)
+    if config.t_schedule == "anneal":
+        end = DEFAULT_ANNEAL_TO if config.t_anneal_to is None else config.t_anneal_to
+        return TimestepSchedule(config.t_min, config.t_max, end)
+    return TimestepSchedule(config.t_min, config.t_max)
 
 
 def chosen_background(asked: str, auto: str) -> str:

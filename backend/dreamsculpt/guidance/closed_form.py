@@ -32,7 +32,8 @@ from ..cameras import Cameras, angle_between_views
 from ..config import GuidanceConfig
 from ..errors import DreamsculptError
 from ..image_sets import ImageSet
-from .base import GuidanceOutput, TimestepSchedule, scaled_linear_alphas_cumprod
+from .base import GuidanceOutput, make_schedule, scaled_linear_alphas_cumprod
+from .scores import score_gradient, score_of
 
 DEFAULT_SCALE = 1.5
 
@@ -62,8 +63,9 @@ class ClosedFormPrior:
         self.condition = condition
         self.scale = DEFAULT_SCALE if config.guidance_scale is None else config.guidance_scale
         self.view_sigma = math.radians(config.view_sigma_deg)
-        self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
+        self.schedule = make_schedule(config, self.alphas_cumprod)
+        self.score = score_of(config)
 
     @property
     def resolution(self) -> int:
@@ -141,25 +143,30 @@ class ClosedFormPrior:
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
              generator: torch.Generator, backgrounds: torch.Tensor | None = None) -> GuidanceOutput:
         """images: [B, 3, H, W] in [0, 1], each composited over the solid colour backgrounds[b]
-        ([B, 3] in [0, 1]; None: white) -> SDS gradient w(t) (eps_hat - eps), w = 1 - alpha_bar,
-        against the set composited over the same colours."""
+        ([B, 3] in [0, 1]; None: white) -> the score's gradient (scores.py; SDS: w(t) (eps_hat -
+        eps), w = 1 - alpha_bar) against the set composited over the same colours."""
         B, _, H, _ = images.shape
         x = images.detach().cpu()  # the image set stays in CPU memory
         if H != self.resolution:
             x = F.interpolate(x, size=(self.resolution,) * 2, mode="area" if H > self.resolution else "bilinear")
         x = x.reshape(B, -1) * 2.0 - 1.0
         t = self.schedule.sample(B, progress, generator)
-        a = self.alphas_cumprod[(t * (len(self.alphas_cumprod) - 1)).round().long()]
-        eps = torch.randn(x.shape, generator=generator)
-        x_t = a.sqrt()[:, None] * x + (1 - a).sqrt()[:, None] * eps
+        steps = (t * (len(self.alphas_cumprod) - 1)).round().long()
         log_k = self.log_view_kernel(cameras)
-        if self.scale == 1.0 or bool(self.condition.all()):
-            x0 = self.denoise(x_t, a, log_k, self.condition, backgrounds)
-        else:
-            x0_c, x0_u = self.denoise_many(x_t, a, log_k, [self.condition, None], backgrounds)
-            x0 = x0_u + self.scale * (x0_c - x0_u)
-        eps_hat = (x_t - a.sqrt()[:, None] * x0) / (1 - a).sqrt()[:, None]
-        g = (1 - a)[:, None] * (eps_hat - eps)
+
+        def predict(x_t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+            """eps_hat of the exact denoiser for [K*B, D] noised images (K draws, draw-major)."""
+            k, a = x_t.shape[0] // B, self.alphas_cumprod[at]
+            kernel = log_k.repeat(k, 1)
+            colours = None if backgrounds is None else backgrounds.detach().cpu().reshape(B, 3).repeat(k, 1)
+            if self.scale == 1.0 or bool(self.condition.all()):
+                x0 = self.denoise(x_t, a, kernel, self.condition, colours)
+            else:
+                x0_c, x0_u = self.denoise_many(x_t, a, kernel, [self.condition, None], colours)
+                x0 = x0_u + self.scale * (x0_c - x0_u)
+            return (x_t - a.sqrt()[:, None] * x0) / (1 - a).sqrt()[:, None]
+
+        g = score_gradient(self.score, x, steps, self.alphas_cumprod, predict, generator)
         g = g.reshape(B, 3, self.resolution, self.resolution)
         if H != self.resolution:
             g = F.interpolate(g, size=(H, H), mode="bilinear") * (self.resolution / H) ** 2

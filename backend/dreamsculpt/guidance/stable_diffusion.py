@@ -23,13 +23,7 @@ from ..cameras import Cameras
 from ..config import DEFAULT_SD_MODEL, GuidanceConfig
 from ..devices import resolve_device, resolve_dtype
 from ..errors import DreamsculptError
-from .base import (
-    VIEW_NAMES,
-    GuidanceOutput,
-    TimestepSchedule,
-    chosen_background,
-    view_weights,
-)
+from .base import GuidanceOutput, chosen_background, make_schedule
 from .hub import (
     SINGLE_FILE_SUFFIXES,
     first_line,
@@ -37,6 +31,8 @@ from .hub import (
     load_from_hub,
     looks_like_path,
 )
+from .prompts import ViewPrompts
+from .scores import score_gradient, score_of
 
 DEFAULT_GUIDANCE_SCALE = 100.0  # DreamFusion's value: SDS needs far more than sampling's 7.5
 _WHAT_TO_DO = ("Download it once with network access, pass a local copy with --model PATH, "
@@ -183,18 +179,17 @@ class StableDiffusionGuidance:
         self.background = chosen_background(config.background, "learned")
         self.scale = (DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None
                       else config.guidance_scale)
-        self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
-        self.view_dependent = config.view_dependent
-        prompts = ([f"{config.prompt}, {view} view" for view in VIEW_NAMES]
-                   if config.view_dependent else [config.prompt])
-        self.cond = self._encode_text(prompts)             # [V, L, D], V = 4 or 1
-        self.uncond = self._encode_text([config.negative])  # [1, L, D]
+        self.schedule = make_schedule(config, components.alphas_cumprod)
+        self.score = score_of(config)
+        self.prompts = ViewPrompts(self._encode_text, config.prompt, config.negative, config.view_dependent,
+                                   config.perp_neg)
 
     def describe(self) -> str:
         size, dtype = self.parts.native_size, str(self.parts.unet.dtype).replace("torch.", "")
-        views = "view-dependent prompts" if self.view_dependent else "one prompt"
+        views = "view-dependent prompts" if self.prompts.view_dependent else "one prompt"
+        views += " with Perp-Neg" if self.prompts.perp_neg else ""
         return (f"Stable Diffusion '{self.parts.source or 'preloaded'}' ({size} px, {dtype}, "
-                f"{self.device}), guidance scale {self.scale:g}, {views}")
+                f"{self.device}), {self.score.name.upper()}, guidance scale {self.scale:g}, {views}")
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -203,14 +198,6 @@ class StableDiffusionGuidance:
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids
         return self.parts.text_encoder(ids.to(self.device))[0].to(self.parts.unet.dtype)
-
-    def _conditioning(self, cameras: Cameras) -> torch.Tensor:
-        """[B, L, D] text embeddings, blended over the four view prompts per camera."""
-        batch = len(cameras)
-        if not self.view_dependent:
-            return self.cond.expand(batch, -1, -1)
-        weights = view_weights(cameras.azimuth_deg, cameras.elevation_deg)  # [B, 4]
-        return torch.einsum("bv,vld->bld", weights.to(self.device, self.cond.dtype), self.cond)
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> [B, 4, h, w] scaled latents (differentiable), where
@@ -223,16 +210,15 @@ class StableDiffusionGuidance:
         return posterior.mean * self.parts.vae.config.scaling_factor
 
     @torch.no_grad()
-    def _predict_noise(self, noisy: torch.Tensor, steps: torch.Tensor,
-                       text: torch.Tensor) -> torch.Tensor:
-        """noisy: [B, 4, h, w] latents at integer steps [B]; text: [B, L, D].
-        Returns the classifier-free-guided noise estimate eps_cfg, [B, 4, h, w] float32."""
-        unet = self.parts.unet
-        model_in = torch.cat([noisy, noisy]).to(unet.dtype)
-        embeddings = torch.cat([self.uncond.expand_as(text), text])
-        out = unet(model_in, torch.cat([steps, steps]), encoder_hidden_states=embeddings).sample
-        out_u, out_c = out.float().chunk(2)
-        pred = out_u + self.scale * (out_c - out_u)
+    def _predict_noise(self, noisy: torch.Tensor, steps: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+        """noisy: [N, 4, h, w] latents at integer steps [N], N = K * B for the B `cameras`
+        (K noise draws, draw-major). Returns the guided noise estimate, [N, 4, h, w] float32."""
+        unet, batch = self.parts.unet, len(cameras)
+        cameras = cameras[torch.arange(batch).repeat(noisy.shape[0] // batch)]
+        count = self.prompts.count
+        out = unet(noisy.repeat(count, 1, 1, 1).to(unet.dtype), steps.repeat(count),
+                   encoder_hidden_states=self.prompts.embeddings(cameras)).sample
+        pred = self.prompts.guide(out, cameras, self.scale)
         if self.parts.prediction_type == "v_prediction":  # SD 2.x 768 models predict v
             ab = self.parts.alphas_cumprod[steps].view(-1, 1, 1, 1)
             pred = ab.sqrt() * pred + (1.0 - ab).sqrt() * noisy
@@ -240,10 +226,11 @@ class StableDiffusionGuidance:
 
     def grad(self, images: torch.Tensor, cameras: Cameras, progress: float,
              generator: torch.Generator, backgrounds: torch.Tensor | None = None) -> GuidanceOutput:
-        """images: [B, 3, H, W] renders in [0, 1]. Returns d(SDS loss)/d(images), [B, 3, H, W].
+        """images: [B, 3, H, W] renders in [0, 1]. Returns d(loss)/d(images), [B, 3, H, W].
 
-        The SDS gradient does not flow through the UNet: g = w(t) (eps_cfg - eps) is taken
-        as d(loss)/d(latents) and pulled back through the VAE encoder and the resize."""
+        The gradient does not flow through the UNet: g (scores.py: SDS's w(t) (eps_cfg - eps),
+        or SJC's average) is taken as d(loss)/d(latents) and pulled back through the VAE
+        encoder and the resize."""
         # A detached leaf: the caller's render graph is never traversed or freed here.
         images_in = images.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -251,12 +238,9 @@ class StableDiffusionGuidance:
         batch, steps_total = images.shape[0], self.parts.alphas_cumprod.shape[0]
         t = self.schedule.sample(batch, progress, generator)  # [B] in [0, 1]
         steps = (t * (steps_total - 1)).round().long().to(self.device)
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device)
-        noise = noise.to(self.device)
-        ab = self.parts.alphas_cumprod[steps].view(-1, 1, 1, 1)
-        noisy = ab.sqrt() * latents.detach() + (1.0 - ab).sqrt() * noise
-        eps_cfg = self._predict_noise(noisy, steps, self._conditioning(cameras))
-        g = (1.0 - ab) * (eps_cfg - noise)  # non-finite values are left for the loop to catch
+        g = score_gradient(self.score, latents, steps, self.parts.alphas_cumprod,
+                           lambda noisy, at: self._predict_noise(noisy, at, cameras), generator)
+        # non-finite values are left for the loop to catch
         (image_grad,) = torch.autograd.grad(latents, images_in, grad_outputs=g)
         return GuidanceOutput(grad=image_grad.detach().to(images.dtype),
                               loss=float(g.pow(2).mean()),

@@ -35,7 +35,7 @@ from ..cameras import Cameras, angle_between_views
 from ..config import GuidanceConfig
 from ..devices import resolve_device, resolve_dtype
 from ..errors import CancelledError
-from .base import GuidanceOutput, TimestepSchedule, chosen_background
+from .base import GuidanceOutput, chosen_background, make_schedule
 from .zero123_parts import VARIANTS, Zero123Components, resize_square, resolve_variant
 
 DEFAULT_GUIDANCE_SCALE = 3.0   # zero123's sampling default; SDS setups use 3-5
@@ -118,7 +118,7 @@ class Zero123Guidance:
                         else resolve_variant(components.source, config.zero123_variant))
         self.background = chosen_background(config.background, "white")
         self.scale = DEFAULT_GUIDANCE_SCALE if config.guidance_scale is None else config.guidance_scale
-        self.schedule = TimestepSchedule(config.t_min, config.t_max, config.t_anneal_to)
+        self.schedule = make_schedule(config, components.alphas_cumprod)
         self.reference_camera = reference_camera.to("cpu")
         self.clip, self.concat = components.encode_views(reference_rgb[None])  # [1,1,P], [1,4,h,w]
 
