@@ -32,16 +32,19 @@ def render_views(trainer: Trainer, azimuths, elevation: float = 20.0, size: int 
 Pictures = Callable[[list[float]], np.ndarray]
 
 
-def save_preview(pictures: Pictures, path: Path) -> None:
-    """Front, right, back and left views (Blender's front is the camera on -Y) side by side."""
-    views = pictures([-90.0, 0.0, 90.0, 180.0])
-    Image.fromarray(np.concatenate(list(views), axis=1)).save(path)
+#: The turntable's frames: 24 azimuths 15 degrees apart from the front (Blender's -Y camera).
+TURNTABLE = [-90.0 + 15.0 * k for k in range(24)]
+#: The preview's front, right, back and left views: frames of the turntable.
+PREVIEW_FRAMES = (0, 6, 12, 18)
 
 
-def save_turntable(pictures: Pictures, path: Path, frames: int = 24) -> None:
-    views = pictures(np.linspace(-90.0, 270.0, frames, endpoint=False).tolist())
+def save_pictures(pictures: Pictures, out_dir: Path) -> None:
+    """turntable.gif (24 frames around the result) and preview.png (its front, right, back and
+    left frames side by side), rendered once."""
+    views = pictures(TURNTABLE)
+    Image.fromarray(np.concatenate([views[k] for k in PREVIEW_FRAMES], axis=1)).save(out_dir / "preview.png")
     images = [Image.fromarray(v) for v in views]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=80, loop=0)
+    images[0].save(out_dir / "turntable.gif", save_all=True, append_images=images[1:], duration=80, loop=0)
 
 
 def save_contact_sheet(images: torch.Tensor, path: Path, columns: int | None = None) -> None:

@@ -51,7 +51,7 @@ def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool
     from ..assets import make_asset
     from ..export import NORMAL_MAP, TEXTURE, export_asset
     from ..mesh import extract_surface
-    from ..preview import render_views, save_preview, save_turntable
+    from ..preview import render_views, save_pictures
 
     if resume:
         trainer.load_checkpoint(out_dir / CHECKPOINT)
@@ -84,8 +84,7 @@ def optimise_and_mesh(trainer, out_dir: Path, callbacks: Callbacks, resume: bool
     asset = make_asset(dense, colour, config.mesh, normals, stage)
     stage("saving")
     export_asset(asset, out_dir, obj=config.mesh.export_obj)
-    save_preview(pictures, out_dir / "preview.png")
-    save_turntable(pictures, out_dir / "turntable.gif")
+    save_pictures(pictures, out_dir)
     m = config.mesh
     outputs = MeshOutputs(
         steps=trainer.step_index, vertices=len(asset.surface.vertices), faces=len(asset.surface.faces),
