@@ -106,11 +106,8 @@ def _stable_diffusion(g: GuidanceConfig, resolution: int, views: TrainingViews, 
 
 def _mvdream(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:
     from .devices import resolve_device, resolve_dtype
-    from .guidance.mvdream import (
-        MVDREAM_VIEWS,
-        MVDreamGuidance,
-        load_mvdream_components,
-    )
+    from .guidance.mvdream import MVDreamGuidance, load_mvdream_components
+    from .guidance.mvdream_unet import MVDREAM_VIEWS
 
     device = resolve_device(g.device)
     dtype = resolve_dtype(g.fp16, device)

@@ -88,6 +88,9 @@ def load_sd_components(model: str = DEFAULT_SD_MODEL, device: torch.device | str
             "folder or .safetensors/.ckpt file with --model PATH, or use --prior builtin.")
     else:
         parts = _load_from_hub(model)
+    if parts[0].config.get("class_embed_type") == "projection":   # the UNet takes a camera
+        raise DreamsculptError(f"'{model}' is a multi-view (MVDream) model, not Stable Diffusion: use it with "
+                               "--prior mvdream.")
     components = _freeze(*parts, device=torch.device(device), dtype=dtype)
     components.source = model
     return components
