@@ -42,3 +42,4 @@ bench: venv
 	$(VENV)/bin/python bench/bench_backgrounds.py
 	$(VENV)/bin/python bench/bench_refine.py --shapes cube
 	$(VENV)/bin/python bench/bench_farm.py
+	$(VENV)/bin/python bench/bench_priors.py
