@@ -6,10 +6,11 @@ The modules, in layers; each imports only from its own layer or the ones above i
 import (counting those inside functions) closes a cycle (tests/test_addon_layers.py):
   1. without bpy: client, plymesh, cameras, jobs, backend_process (HTTP, job threads, meshes,
      camera maths, the backend process), job_requests (job bodies), watchers (what the
-     threads watch), walks (a scene walk's depth PNG and frame sequence);
+     threads watch), walks (a scene walk's depth PNG and frame sequence), model_watch (the
+     backend's models, fetched on a thread);
   2. bpy, the parts: properties, preferences, capture, walk_capture, materials, importer;
   3. bpy, the main thread's side of a job: results (snapshot into scene), timer, submit;
-  4. bpy, what the user touches: operators, history, panels.
+  4. bpy, what the user touches: operators, model_operators, history, panels.
 """
 
 import bpy
@@ -17,6 +18,7 @@ import bpy
 from . import (
     backend_process,
     history,
+    model_operators,
     operators,
     panels,
     preferences,
@@ -45,6 +47,7 @@ def register() -> None:
     results.register()
     timer.register()
     operators.register()
+    model_operators.register()
     history.register()
     panels.register()
     bpy.app.handlers.load_post.append(_auto_start)
@@ -59,6 +62,7 @@ def unregister() -> None:
         bpy.app.timers.unregister(_auto_start)
     panels.unregister()
     history.unregister()
+    model_operators.unregister()
     operators.unregister()
     timer.unregister()
     results.unregister()

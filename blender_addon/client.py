@@ -246,6 +246,22 @@ class Client:
     def download(self, job_id: str, name: str) -> bytes:
         return self._request("GET", f"/jobs/{urllib.parse.quote(job_id)}/{name}", timeout=max(self.timeout, 60))
 
+    # --- models: the backend's Hugging Face cache ---------------------------------------------
+    def models(self) -> list[dict]:
+        """GET /models: each model the backend's defaults load, its state in the backend's cache
+        (present / partial / missing), its size, and the download running there (bytes)."""
+        return self._json("GET", "/models")["models"]
+
+    def download_model(self, name: str) -> dict:
+        """POST /models/{name}/download: the backend downloads the model (and what it needs) in
+        the background; returns the model's status. Asking again while it runs is harmless."""
+        return self._json("POST", f"/models/{urllib.parse.quote(name, safe='')}/download")
+
+    def remove_model(self, name: str) -> int:
+        """DELETE /models/{name}: delete it from the backend's cache; returns the bytes freed.
+        Rejected (409) while a job uses it or it downloads."""
+        return self._json("DELETE", f"/models/{urllib.parse.quote(name, safe='')}")["freed_bytes"]
+
     def state(self, addon_version: str) -> BackendState:
         """Which of the panel's backend states holds now (two requests; call it off the UI thread)."""
         try:

@@ -7,6 +7,7 @@ import bpy
 
 from . import backend_process
 from .job_requests import MODEL_SETTINGS, PERP_NEG_PRIORS
+from .model_watch import progress_text
 from .properties import WALK_PRIORS
 from .results import preview_icon
 from .timer import MONITOR
@@ -62,7 +63,7 @@ def draw_backend(layout, state) -> None:
 def draw_progress(layout, s) -> None:
     total = max(s.job_total, 1)
     eta = f" · ETA {s.job_eta:.0f} s" if s.job_eta > 0 else ""
-    text = f"{s.job_stage or s.job_status} {s.job_step}/{s.job_total}{eta}"
+    text = progress_text(s.job_stage or s.job_status, s.job_step, s.job_total) + eta   # "Downloading 1.2 / 4.9 GB"
     layout.progress(factor=min(s.job_step / total, 1.0), type="BAR", text=text)
     icon = preview_icon(s.preview_image)
     if icon:

@@ -1,10 +1,12 @@
 """Add-on preferences (backend URL, token, the CA file of a team server's certificate, the
-owner named on jobs, the backend's Python, auto-start, vertex colours instead of textures) and
-the helpers that turn them into a client."""
+owner named on jobs, the backend's Python, auto-start, vertex colours instead of textures), the
+backend's models (its Hugging Face cache: state, size, Download and Remove), and the helpers
+that turn them into a client."""
 
 from __future__ import annotations
 
 import getpass
+import time
 from pathlib import Path
 
 import bpy
@@ -22,6 +24,7 @@ from .client import (
     read_local_token,
     url_problem,
 )
+from .model_watch import ModelsMonitor, model_summary
 
 PACKAGE = __package__
 
@@ -71,6 +74,9 @@ class DreamsculptPreferences(bpy.types.AddonPreferences):
     vertex_colors_only: BoolProperty(name="Vertex Colours Only", default=False,
                                      description="Import meshes with their vertex colours instead of their "
                                                  "textures (no images packed into the .blend)")
+    show_models: BoolProperty(name="Models", default=False,
+                              description="The diffusion models on the backend: download them ahead of the first "
+                                          "job, or remove them to free the space")
 
     def draw(self, context):
         layout = self.layout
@@ -93,6 +99,36 @@ class DreamsculptPreferences(bpy.types.AddonPreferences):
         row.operator("dreamsculpt.start_backend", icon="PLAY")
         row.operator("dreamsculpt.stop_backend", icon="PAUSE")
         layout.label(text=f"Backend log: {backend_log_path()}")
+        box = layout.box()
+        box.prop(self, "show_models", icon="TRIA_DOWN" if self.show_models else "TRIA_RIGHT", emboss=False)
+        if self.show_models:   # fetched only while shown
+            draw_models(box, MODELS)
+
+
+def draw_models(layout, monitor: ModelsMonitor) -> None:
+    """The backend's models as the monitor last fetched them (draw() never waits on HTTP)."""
+    monitor.drawn_at = time.monotonic()
+    monitor.refresh(max_age=1.0 if monitor.downloading else 10.0)
+    row = layout.row()
+    row.label(text="Diffusion models in the backend's Hugging Face cache")
+    row.operator("dreamsculpt.refresh_models", text="", icon="FILE_REFRESH")
+    if monitor.message:
+        layout.label(text=monitor.message, icon="ERROR")
+    if not monitor.models and not monitor.message:
+        layout.label(text="Asking the backend…", icon="TIME")
+    for model in monitor.models:
+        row = layout.row()
+        row.label(text=model["name"], icon="CHECKMARK" if model["state"] == "present" else "IMPORT")
+        row.label(text=model_summary(model))
+        if model["state"] != "present" and not model.get("download"):
+            row.operator("dreamsculpt.download_model", text="Download", icon="IMPORT").name = model["name"]
+        if model["state"] != "missing" and not model.get("download"):
+            row.operator("dreamsculpt.remove_model", text="", icon="TRASH").name = model["name"]
+        if model.get("error"):
+            layout.label(text=model["error"], icon="ERROR")
+        elif model.get("gated") and model["state"] != "present":
+            layout.label(text=f"{model['name']}: gated on the hub; accept {model['licence']} there and run "
+                              "`hf auth login` on the backend's machine first", icon="LOCKED")
 
 
 def preferences(context=None) -> DreamsculptPreferences:
@@ -109,6 +145,10 @@ def make_client(context=None) -> Client:
                            "Turn on Preferences > System > Network > Allow Online Access, or use a local backend.")
     token = prefs.token.strip() or (read_local_token() if local else "")
     return Client(url, token, cafile=bpy.path.abspath(prefs.ca_file) if prefs.ca_file.strip() else "")
+
+
+#: The backend's models for the preferences (model_operators.py acts on them and redraws).
+MODELS = ModelsMonitor(make_client)
 
 
 def job_owner(context=None) -> str:

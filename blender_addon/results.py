@@ -13,6 +13,7 @@ import bpy.utils.previews
 
 from . import cameras, importer, preferences
 from .jobs import Snapshot
+from .model_watch import stored_progress
 from .watchers import WATCHERS
 
 _previews = None   # bpy.utils.previews collection of live job previews (None while unregistered)
@@ -48,8 +49,9 @@ def apply_snapshot(scene, job_id: str, snap: Snapshot) -> None:
     """Copy a job's progress into the scene (only changed values: no needless redraws)."""
     s = scene.dreamsculpt
     job = snap.job
-    values = {"job_status": snap.status, "job_stage": job.get("stage", ""), "job_step": int(job.get("step", 0)),
-              "job_total": int(job.get("total", 0)), "job_eta": float(job.get("eta_s") or 0.0)}
+    step, total = stored_progress(job)   # KiB while a model downloads: Int properties stop at 2**31 - 1
+    values = {"job_status": snap.status, "job_stage": job.get("stage", ""), "job_step": step, "job_total": total,
+              "job_eta": float(job.get("eta_s") or 0.0)}
     if s.job_id == job_id:
         for key, value in values.items():
             if getattr(s, key) != value:

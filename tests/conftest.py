@@ -5,6 +5,8 @@ Session-wide (also inherited by the CLI subprocesses the tests start):
 * DREAMSCULPT_CACHE_DIR points at a fresh folder, so the built-in shape library is rendered
   once per session and a stale user cache can neither help nor break a test.
 * HF_HUB_OFFLINE=1: huggingface_hub refuses every request.
+* HF_HOME and HF_HUB_CACHE point at a fresh folder: no test (nor a server it starts, whose
+  DELETE /models/{name} empties the cache) reads or deletes the user's downloaded models.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ def dreamsculpt_cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dreamsculpt-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DREAMSCULPT_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hf_cache(tmp_path_factory):
+    """The session's Hugging Face folder; huggingface_hub reads it at import, so its constant
+    is patched as well."""
+    import huggingface_hub.constants
+
+    folder = tmp_path_factory.mktemp("hf-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(folder))
+        mp.setenv("HF_HUB_CACHE", str(folder / "hub"))
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(folder / "hub"))
         yield folder
 
 

@@ -12,10 +12,10 @@ ADDON = Path(__file__).resolve().parent.parent / "blender_addon"
 #: blender_addon/__init__.py's layers: a module imports from its own layer or a lower number.
 LAYERS = {
     **dict.fromkeys(("client", "plymesh", "cameras", "jobs", "backend_process", "job_requests", "watchers",
-                     "walks"), 1),
+                     "walks", "model_watch"), 1),
     **dict.fromkeys(("properties", "preferences", "capture", "walk_capture", "materials", "importer"), 2),
     **dict.fromkeys(("results", "timer", "submit"), 3),
-    **dict.fromkeys(("operators", "history", "panels"), 4),
+    **dict.fromkeys(("operators", "model_operators", "history", "panels"), 4),
     "__init__": 5,
 }
 

@@ -47,7 +47,8 @@ DOWNLOADS = ("preview.png", "result.ply", "result.glb", "result.obj", "result.mt
              "view_{index}.png", "scene.glb", "scene.ply", "walk.mp4", "walk.gif", "cameras.json", "frames/{index}.png",
              "depth/{index}.png")
 OPERATIONS = {"GET /health", "GET /jobs", "POST /jobs", "GET /jobs/{job_id}", "DELETE /jobs/{job_id}",
-              "POST /jobs/{job_id}/cancel", "POST /models/release", "POST /images"} | {
+              "POST /jobs/{job_id}/cancel", "POST /models/release", "POST /images", "GET /models",
+              "POST /models/{name}/download", "DELETE /models/{name}"} | {
     f"GET /jobs/{{job_id}}/{name}" for name in DOWNLOADS}
 
 
@@ -128,7 +129,11 @@ def api_schema(server, known_jobs):
 
     @schema.hook
     def before_generate_path_parameters(context, strategy):
-        """Besides the ids the schema's pattern generates (no such job), pick real ones."""
+        """Besides the ids the schema's pattern generates (no such job), pick real ones. Model
+        names come from the pattern alone: the session's Hugging Face cache is a fresh folder
+        and the hub is offline (conftest.py), so a real name removes or fetches nothing."""
+        if "{name}" in context.operation.path:   # /models/{name}
+            return strategy
         ids = deletable if context.operation.method.upper() == "DELETE" else readable
         real = st.fixed_dictionaries({"job_id": st.sampled_from(ids)})
         if "{index}" in context.operation.path:   # GET /jobs/{job_id}/view_{index}.png

@@ -1,6 +1,7 @@
 """`dreamsculpt generate PROMPT`: text to a coloured mesh; `image-to-3d IMAGE`, `novel-views
 IMAGE`: one image to a mesh or to views around it; `scene-walk PROMPT`: a scene made along a
-camera path; `dreamsculpt serve`: the job server.
+camera path; `dreamsculpt serve`: the job server; `dreamsculpt models`: the diffusion models in the
+Hugging Face cache (list, download, remove).
 
 User errors print one line (`error: ...`) and exit 1; Ctrl-C stops after the current step,
 keeps a checkpoint and exits 130 (continue with --resume).
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_batch import add_batch, run_batch
+from .cli_models import add_models, run_models
 from .cli_walk import add_scene_walk, path_problem, read_path
 from .config import (
     BACKGROUNDS,
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("token", help="print the job server's access token (created if there is none)")
     add_scene_walk(sub, _add_run_options)
     add_batch(sub)
+    add_models(sub)
     return parser
 
 
@@ -365,10 +368,15 @@ def run_with_progress(args: argparse.Namespace, run):
 
     def on_progress(p):
         nonlocal bar
+        downloading = p.stage == "downloading"   # a model the cache lacks: step and total are bytes
+        if bar is not None and (bar.unit == "B") != downloading:   # bytes, then steps: a bar each
+            bar.close()
+            bar = None
         if bar is None and p.step == 0 and p.stage == "loading":
             return
         if bar is None:
-            bar = tqdm(total=p.total, initial=p.step, unit="step", disable=args.quiet, dynamic_ncols=True)
+            bar = tqdm(total=p.total, initial=p.step, unit="B" if downloading else "step", unit_scale=downloading,
+                       disable=args.quiet, dynamic_ncols=True)
         bar.total, bar.n = p.total, p.step
         optimising = p.stage in ("optimising", "refining")
         bar.set_postfix_str(f"{p.stage} loss {p.loss:.4f}" if optimising else p.stage, refresh=False)
@@ -398,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                 ray_jobs=args.ray_jobs, tls_cert=args.tls_cert, tls_key=args.tls_key))
         if args.command == "batch":
             return run_batch(args)
+        if args.command == "models":
+            return run_models(args)
         if args.command == "token":
             print(load_or_create_token())
             return 0

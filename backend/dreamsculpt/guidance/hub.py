@@ -1,22 +1,29 @@
 """What the Stable Diffusion and Zero123 loaders share: telling a hub id from a path, loading
-from the Hugging Face cache or hub with one actionable error when offline, and short error
-texts. huggingface_hub is imported inside the functions so importing this module stays cheap.
+from the Hugging Face cache, downloading what it lacks through the model manager (with
+progress, see model_download.py), and one actionable error when that cannot be done.
+huggingface_hub is imported inside the functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import DreamsculptError
+from ..model_download import (
+    download_for_loader,
+    exception_chain,
+    first_line,
+    hub_offline,
+    is_offline_error,
+)
 
 #: The original-checkpoint files a loader accepts (one file holding every part).
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-#: Exception class names that mean "no network" (huggingface_hub, httpx and requests each have
-#: their own, so they are matched by name).
-_OFFLINE_ERRORS = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError",
-                   "TransportError", "TimeoutException", "Timeout", "TimeoutError"}
+#: Re-exported: the loaders word their errors with these.
+__all__ = ["SINGLE_FILE_SUFFIXES", "first_line", "hub_offline", "is_offline_error", "load_from_hub",
+           "looks_like_path"]
 
 
 def looks_like_path(model: str) -> bool:
@@ -26,21 +33,19 @@ def looks_like_path(model: str) -> bool:
 
 
 def load_from_hub(repo: str, load_parts: Callable[[str, bool], Any], what: str, what_to_do: str) -> Any:
-    """`load_parts(repo, local_files_only)` from the Hugging Face cache first (works offline),
-    then the network unless HF_HUB_OFFLINE; any failure is one DreamsculptError naming `what`
-    and saying what to do."""
+    """`load_parts(repo, local_files_only)` from the Hugging Face cache (works offline). When the
+    cache lacks it and HF_HUB_OFFLINE is not set, the model manager downloads the files the
+    loader reads (the registry's, for a repo it knows), reporting bytes as stage "downloading"
+    through the run's callbacks, and it is loaded from the cache. Any failure is one
+    DreamsculptError naming `what` and saying what to do (a gated repo: how to get access)."""
     try:
         return load_parts(repo, True)
     except (OSError, ValueError) as exc:
         error: Exception = exc
     if not hub_offline():
         try:
-            # One request without retries first: with no network, hub downloads back off
-            # and retry for about 25 seconds before failing.
-            from huggingface_hub import model_info
-
-            model_info(repo, timeout=10)
-            return load_parts(repo, False)
+            download_for_loader(repo)
+            return load_parts(repo, True)
         except DreamsculptError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
@@ -52,36 +57,7 @@ def load_from_hub(repo: str, load_parts: Callable[[str, bool], Any], what: str, 
                            f"{reason}. {what_to_do}") from error
 
 
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub reads the variable only at import)."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return env or constants.is_offline_mode()
-
-
-def is_offline_error(exc: BaseException) -> bool:
-    """True when the failure comes from having no network (or HF_HUB_OFFLINE), anywhere in
-    its chain of causes."""
-    for e in _exception_chain(exc):
-        if _OFFLINE_ERRORS & {cls.__name__ for cls in type(e).__mro__}:
-            return True
-    return False
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its class name when it has none)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def _reached_hub(exc: BaseException) -> bool:
     from huggingface_hub.errors import HfHubHTTPError
 
-    return any(isinstance(e, HfHubHTTPError) for e in _exception_chain(exc))
+    return any(isinstance(e, HfHubHTTPError) for e in exception_chain(exc))

@@ -19,15 +19,30 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import DreamsculptError
+from ..model_store import (
+    NAMES,
+    CachedModel,
+    cache_dir,
+    cached_model,
+    list_models,
+    models_for,
+)
+from ..model_store import remove as remove_model
 from ..tasks import public_error
 from .dispatcher import Busy, Dispatcher
+from .model_downloads import ModelDownloads
 from .schemas import (
     JOB_ID_PATTERN,
     Health,
     ImageInfo,
     JobList,
     JobRequest,
+    JobState,
     JobStatus,
+    ModelList,
+    ModelProgress,
+    ModelRemoved,
+    ModelStatus,
     Released,
 )
 from .settings import ServerSettings, is_loopback
@@ -38,6 +53,8 @@ from .uploads import decode_depth, decode_image
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id, e.g. 20261121-093512-4f2a9c.")]
 ViewIndex = Annotated[str, Path(pattern=r"^[0-9]{2}$", description=f"00 (the reference) to {MAX_VIEWS - 1:02d}.")]
 FrameIndex = Annotated[str, Path(pattern=r"^[0-9]{4}$", description="0000 (the start frame) onwards.")]
+ModelName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="A model, e.g. sd (GET /models "
+                                                                                   "lists them).")]
 bearer = HTTPBearer(auto_error=False, description="The token `dreamsculpt token` prints.")
 MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".json": "application/json",
                ".ply": "application/octet-stream", ".glb": "model/gltf-binary", ".obj": "model/obj",
@@ -221,6 +238,8 @@ def create_app(dispatcher: Dispatcher, token: str, settings: ServerSettings) -> 
         except Busy as exc:
             raise HTTPException(409, str(exc)) from exc
 
+    _add_model_routes(app, dispatcher, auth)
+
     def send(job_id: str, name: str) -> Response:
         job = found(dispatcher.status(job_id), job_id)
         path = dispatcher.store.download_path(job_id, name)
@@ -289,3 +308,60 @@ def _add_download(app: FastAPI, path: str, download, name: str, auth) -> None:
                       summary=SUMMARIES.get(name, f"The result, {name}"), response_class=Response,
                       responses={200: {"content": {media_type: {}}}, 404: {"description": "Not there (yet)"}})
 
+
+
+def _add_model_routes(app: FastAPI, dispatcher: Dispatcher, auth) -> None:
+    """GET /models, POST /models/{name}/download and DELETE /models/{name}: the registry of
+    model_store.py against the server's Hugging Face cache; downloads run in this process."""
+    downloads = ModelDownloads()
+
+    def known(name: str) -> None:
+        if name not in NAMES:
+            raise HTTPException(404, f"No model {name!r}: the server knows {', '.join(NAMES)} (GET /models "
+                                     "lists them).")
+
+    def status(model: CachedModel) -> ModelStatus:
+        entry, latest = model.entry, downloads.latest(model.entry.name)
+        running = latest is not None and latest.running
+        return ModelStatus(name=entry.name, repo=entry.repo, serves=entry.serves, needs=list(entry.needs),
+                           licence=entry.licence, gated=entry.gated, state=model.state,
+                           bytes_on_disk=model.bytes_on_disk, bytes_total=model.bytes_total, path=str(model.path),
+                           download=ModelProgress(done=latest.done, total=latest.total) if running else None,
+                           error=latest.error if latest is not None else None)
+
+    def in_use(name: str) -> str | None:
+        """Why `name` cannot be removed now (None: it can)."""
+        by = downloads.downloading(name)
+        if by is not None:
+            return f"Model {name} is downloading{'' if by == name else f' (for {by})'}: remove it once that ends."
+        for job in dispatcher.jobs():
+            if job.status is JobState.running and name in models_for(job.request):
+                return f"Job {job.id} is running with model {name}: wait for it to end, or cancel it, then remove it."
+        return None
+
+    @app.get("/models", response_model=ModelList, dependencies=auth, tags=["models"])
+    def models() -> ModelList:
+        """The models the defaults load (`dreamsculpt models list`): present, partial or missing in
+        the server's Hugging Face cache, their size, and the download this server runs of each."""
+        return ModelList(models=[status(model) for model in list_models()], cache=str(cache_dir()))
+
+    @app.post("/models/{name}/download", response_model=ModelStatus, status_code=202, dependencies=auth,
+              tags=["models"], responses={404: {"description": "No such model"}})
+    def download(name: ModelName) -> ModelStatus:
+        """Download a model (and what it needs) in the background; GET /models shows its bytes.
+        Asking again while it runs changes nothing; a complete copy downloads nothing."""
+        known(name)
+        downloads.start(name)
+        return status(cached_model(name))
+
+    @app.delete("/models/{name}", response_model=ModelRemoved, dependencies=auth, tags=["models"],
+                responses={404: {"description": "No such model"},
+                           409: {"description": "A running job uses it, or it is downloading"}})
+    def remove(name: ModelName) -> ModelRemoved:
+        """Delete a model from the server's cache, freeing its space (not what it needs: those
+        serve other defaults too). A job that needs it later downloads it again."""
+        known(name)
+        refusal = in_use(name)
+        if refusal is not None:
+            raise HTTPException(409, refusal)
+        return ModelRemoved(name=name, freed_bytes=remove_model(name))

@@ -109,3 +109,39 @@ class ImageInfo(BaseModel):
 
 class Released(BaseModel):
     released: list[str]
+
+
+class ModelProgress(BaseModel):
+    """A model download this server runs (POST /models/{name}/download)."""
+
+    done: int = Field(description="Bytes in the cache so far, of the model and of what it needs.")
+    total: int = Field(description="Bytes of the whole download (0 until the hub has listed the files).")
+
+
+class ModelStatus(BaseModel):
+    """One model of the registry (`dreamsculpt models list`), as the server's Hugging Face cache
+    holds it."""
+
+    name: str = Field(description="What the CLI and these routes call it, e.g. sd.")
+    repo: str = Field(description="Its Hugging Face hub repo.")
+    serves: str = Field(description="Which defaults load it.")
+    needs: list[str] = Field(description="Models it loads alongside (downloaded with it).")
+    licence: str
+    gated: bool = Field(description="The hub wants its licence accepted and a login (`hf auth login` on the "
+                                    "server's machine) before it downloads.")
+    state: Literal["present", "partial", "missing"]
+    bytes_on_disk: int = Field(description="What removing it frees (partial downloads included).")
+    bytes_total: int | None = Field(description="A complete copy's size, where known.")
+    path: str = Field(description="Its folder in the cache (there or not).")
+    download: ModelProgress | None = Field(None, description="The download running now, if one is.")
+    error: str | None = Field(None, description="Why this server's last download of it failed, and what to do.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelStatus]
+    cache: str = Field(description="The Hugging Face cache the server uses (HF_HUB_CACHE, else HF_HOME/hub).")
+
+
+class ModelRemoved(BaseModel):
+    name: str
+    freed_bytes: int = Field(description="Bytes the removal freed (0: it was not in the cache).")

@@ -7,6 +7,10 @@ the whole run unrolled top to bottom and returns a `TaskResult` (its run.json re
 happens (`device`, `resume`, the picture file `image` of the image kinds) and, for tests and
 benchmarks that tune what no request exposes, a ready `config` used instead of the request's.
 
+Every task's `run` here reports the model downloads its loaders need through its own
+callbacks (stage "downloading", bytes in step/total; model_download.reporting), so the CLI and
+the job server's worker, which both run tasks from this table, show them.
+
 Adding a kind: a task module, a request model, and one line in `TASKS`. The job server (which
 validates `JobRequest`, built from this table), its worker and the CLI look tasks up here and
 never branch on the kind. Task modules import the engine (torch) inside `run`, so the server
@@ -15,12 +19,15 @@ and the CLI can look a task up and check a request without loading it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from ..model_download import reporting
 from ..records import TaskResult
 from ..requests import (
     ImageTo3DRequest,
@@ -38,12 +45,25 @@ class Task:
     total_steps: Callable[[Any], int]
 
 
+def _task(request: type[BaseModel], module: ModuleType) -> Task:
+    """The task of `module`: its `run`, with the downloads of its models reported through the
+    run's callbacks (then stage "loading" against its `total_steps`)."""
+    run = module.run
+
+    @functools.wraps(run)
+    def reported(request, out_dir, callbacks=None, *args, **kwargs) -> TaskResult:
+        with reporting(callbacks, lambda: module.total_steps(request)):
+            return run(request, out_dir, callbacks, *args, **kwargs)
+
+    return Task(request, reported, module.total_steps)
+
+
 #: kind -> task. The request model's `kind` literal is the key.
 TASKS: dict[str, Task] = {
-    "text_to_3d": Task(TextTo3DRequest, text_to_3d.run, text_to_3d.total_steps),
-    "image_to_3d": Task(ImageTo3DRequest, image_to_3d.run, image_to_3d.total_steps),
-    "novel_views": Task(NovelViewsRequest, novel_views.run, novel_views.total_steps),
-    "scene_walk": Task(SceneWalkRequest, scene_walk.run, scene_walk.total_steps),
+    "text_to_3d": _task(TextTo3DRequest, text_to_3d),
+    "image_to_3d": _task(ImageTo3DRequest, image_to_3d),
+    "novel_views": _task(NovelViewsRequest, novel_views),
+    "scene_walk": _task(SceneWalkRequest, scene_walk),
 }
 KINDS: tuple[str, ...] = tuple(TASKS)
 
