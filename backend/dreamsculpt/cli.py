@@ -365,11 +365,12 @@ def run_with_progress(args: argparse.Namespace, run):
 
     previous_handler = signal.signal(signal.SIGINT, on_sigint)
     bar = None  # opened once past loading, so a user error is the only line on stderr
+    bar_counts_bytes = False   # a disabled (--quiet) tqdm keeps no `unit` to ask
 
     def on_progress(p):
-        nonlocal bar
+        nonlocal bar, bar_counts_bytes
         downloading = p.stage == "downloading"   # a model the cache lacks: step and total are bytes
-        if bar is not None and (bar.unit == "B") != downloading:   # bytes, then steps: a bar each
+        if bar is not None and bar_counts_bytes != downloading:   # bytes, then steps: a bar each
             bar.close()
             bar = None
         if bar is None and p.step == 0 and p.stage == "loading":
@@ -377,6 +378,7 @@ def run_with_progress(args: argparse.Namespace, run):
         if bar is None:
             bar = tqdm(total=p.total, initial=p.step, unit="B" if downloading else "step", unit_scale=downloading,
                        disable=args.quiet, dynamic_ncols=True)
+            bar_counts_bytes = downloading
         bar.total, bar.n = p.total, p.step
         optimising = p.stage in ("optimising", "refining")
         bar.set_postfix_str(f"{p.stage} loss {p.loss:.4f}" if optimising else p.stage, refresh=False)
