@@ -15,7 +15,6 @@ to the renders with one autograd.grad. The text has no view suffixes: the camera
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..cameras import Cameras
 from ..config import GuidanceConfig
@@ -74,7 +73,7 @@ class MVDreamGuidance:
         self.schedule = make_schedule(config, components.alphas_cumprod)
         self.score = score_of(config)
         # No view suffixes and no Perp-Neg: the camera input tells each view apart.
-        self.prompts = ViewPrompts(self._encode_text, config.prompt, config.negative, view_dependent=False,
+        self.prompts = ViewPrompts(components.encode_text, config.prompt, config.negative, view_dependent=False,
                                    perp_neg=False)
 
     def describe(self) -> str:
@@ -82,24 +81,6 @@ class MVDreamGuidance:
         dtype = str(p.unet.dtype).replace("torch.", "")
         return (f"MVDream '{p.source or 'preloaded'}' ({p.native_size} px, {p.views} views, {dtype}, "
                 f"{self.device}), {self.score.name.upper()}, guidance scale {self.scale:g}")
-
-    @torch.no_grad()
-    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """N prompts -> [N, L, D] CLIP hidden states (L = tokenizer.model_max_length)."""
-        tok = self.parts.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
-        return self.parts.text_encoder(ids.to(self.device))[0].to(self.parts.unet.dtype)
-
-    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> [B, 4, h, w] scaled latents (differentiable), h = w =
-        unet.config.sample_size."""
-        size = self.parts.native_size
-        x = images.to(self.device, torch.float32)
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        posterior = self.parts.vae.encode(x * 2.0 - 1.0).latent_dist
-        return posterior.mean * self.parts.vae.config.scaling_factor
 
     @torch.no_grad()
     def _predict_noise(self, noisy: torch.Tensor, steps: torch.Tensor, cameras: Cameras,
@@ -139,7 +120,7 @@ class MVDreamGuidance:
         self._check_batch(images, cameras)
         images_in = images.detach().requires_grad_(True)  # the caller's render graph is left alone
         with torch.enable_grad():
-            latents = self._encode_images(images_in)  # [B, 4, h, w]
+            latents = self.parts.encode_images(images_in)  # [B, 4, h, w]
         batch, views, steps_total = images.shape[0], self.parts.views, self.parts.alphas_cumprod.shape[0]
         t = self.schedule.sample(batch // views, progress, generator).repeat_interleave(views)  # [B]
         steps = (t * (steps_total - 1)).round().long().to(self.device)

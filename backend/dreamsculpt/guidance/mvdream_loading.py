@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -36,7 +35,7 @@ from .mvdream_unet import (
     ldm_to_diffusers,
     read_layout,
 )
-from .stable_diffusion import load_sd_components
+from .stable_diffusion import SDComponents, load_sd_components
 
 #: The original release's checkpoint in the MVDream/MVDream hub repo (SD 2.1-base, 4 views).
 MVDREAM_FILE = "sd-v2.1-base-4view.pt"
@@ -53,27 +52,12 @@ _HUB_WHAT_TO_DO = ("Download it once with network access, pass a local copy (sd-
 
 
 @dataclass
-class MVDreamComponents:
-    """The frozen parts of MVDream's SDS. alphas_cumprod: [T] float32 on the UNet's device;
-    views: images denoised together (the UNet's batch is whole groups of them)."""
+class MVDreamComponents(SDComponents):
+    """Stable Diffusion's frozen parts with a multi-view UNet (its processors installed);
+    views: images denoised together (the UNet's batch is whole groups of them). native_size:
+    256 for MVDream."""
 
-    unet: Any                 # diffusers UNet2DConditionModel with the multi-view processors
-    vae: Any                  # diffusers AutoencoderKL, always float32 (see _freeze)
-    text_encoder: Any         # transformers CLIPTextModel
-    tokenizer: Any            # transformers CLIPTokenizer
-    alphas_cumprod: torch.Tensor
-    prediction_type: str = "epsilon"
-    source: str = ""          # what --model named, for messages
     views: int = MVDREAM_VIEWS
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def native_size(self) -> int:
-        """Side in pixels the UNet was trained at (256 for MVDream)."""
-        return self.vae_scale_factor * self.unet.config.sample_size
 
 
 def load_mvdream_components(model: str = DEFAULT_MVDREAM_MODEL, device: torch.device | str = "cpu",

@@ -61,6 +61,25 @@ class SDComponents:
         """Side in pixels the UNet was trained at (512 for SD 2.1-base)."""
         return self.vae_scale_factor * self.unet.config.sample_size
 
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """N prompts -> [N, L, D] CLIP hidden states in the UNet's dtype, on its device
+        (L = tokenizer.model_max_length)."""
+        tok = self.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.alphas_cumprod.device))[0].to(self.unet.dtype)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> [B, 4, h, w] scaled latents (differentiable), where
+        h = w = unet.config.sample_size: resized to the native size, VAE posterior mean."""
+        size = self.native_size
+        x = images.to(self.alphas_cumprod.device, torch.float32)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        posterior = self.vae.encode(x * 2.0 - 1.0).latent_dist
+        return posterior.mean * self.vae.config.scaling_factor
+
 
 def load_sd_components(model: str = DEFAULT_SD_MODEL, device: torch.device | str = "cpu",
                        dtype: torch.dtype = torch.float32) -> SDComponents:
@@ -184,7 +203,7 @@ class StableDiffusionGuidance:
                       else config.guidance_scale)
         self.schedule = make_schedule(config, components.alphas_cumprod)
         self.score = score_of(config)
-        self.prompts = ViewPrompts(self._encode_text, config.prompt, config.negative, config.view_dependent,
+        self.prompts = ViewPrompts(components.encode_text, config.prompt, config.negative, config.view_dependent,
                                    config.perp_neg)
 
     def describe(self) -> str:
@@ -193,24 +212,6 @@ class StableDiffusionGuidance:
         views += " with Perp-Neg" if self.prompts.perp_neg else ""
         return (f"Stable Diffusion '{self.parts.source or 'preloaded'}' ({size} px, {dtype}, "
                 f"{self.device}), {self.score.name.upper()}, guidance scale {self.scale:g}, {views}")
-
-    @torch.no_grad()
-    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """N prompts -> [N, L, D] CLIP hidden states (L = tokenizer.model_max_length)."""
-        tok = self.parts.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids
-        return self.parts.text_encoder(ids.to(self.device))[0].to(self.parts.unet.dtype)
-
-    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> [B, 4, h, w] scaled latents (differentiable), where
-        h = w = unet.config.sample_size."""
-        size = self.parts.native_size
-        x = images.to(self.device, torch.float32)
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        posterior = self.parts.vae.encode(x * 2.0 - 1.0).latent_dist
-        return posterior.mean * self.parts.vae.config.scaling_factor
 
     @torch.no_grad()
     def _predict_noise(self, noisy: torch.Tensor, steps: torch.Tensor, cameras: Cameras) -> torch.Tensor:
@@ -237,7 +238,7 @@ class StableDiffusionGuidance:
         # A detached leaf: the caller's render graph is never traversed or freed here.
         images_in = images.detach().requires_grad_(True)
         with torch.enable_grad():
-            latents = self._encode_images(images_in)  # [B, 4, h, w]
+            latents = self.parts.encode_images(images_in)  # [B, 4, h, w]
         batch, steps_total = images.shape[0], self.parts.alphas_cumprod.shape[0]
         t = self.schedule.sample(batch, progress, generator)  # [B] in [0, 1]
         steps = (t * (steps_total - 1)).round().long().to(self.device)
