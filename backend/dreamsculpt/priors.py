@@ -93,39 +93,38 @@ def _image_folder(g: GuidanceConfig, resolution: int, views: TrainingViews, mode
                  posed_views(images, views))
 
 
-def _stable_diffusion(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:
+def _loaded(g: GuidanceConfig, models: ModelCache, load: Callable) -> tuple[torch.device, object]:
+    """(device, components) of the model prior `g.prior`: `load(model, device, dtype)` once per
+    model, device and dtype in the cache (its key is what GET /health lists)."""
     from .devices import resolve_device, resolve_dtype
-    from .guidance.stable_diffusion import StableDiffusionGuidance, load_sd_components
 
     device = resolve_device(g.device)
     dtype = resolve_dtype(g.fp16, device)
-    key = f"sd {g.model} {device} {str(dtype).replace('torch.', '')}"
-    components = models.get(key, lambda: load_sd_components(g.model, device, dtype))
+    key = f"{g.prior} {g.model} {device} {str(dtype).replace('torch.', '')}"
+    return device, models.get(key, lambda: load(g.model, device, dtype))
+
+
+def _stable_diffusion(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:
+    from .guidance.stable_diffusion import StableDiffusionGuidance, load_sd_components
+
+    device, components = _loaded(g, models, load_sd_components)
     return Prior(StableDiffusionGuidance(g, device, components), f"sd: {g.model}", g.model, views)
 
 
 def _mvdream(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:
-    from .devices import resolve_device, resolve_dtype
     from .guidance.mvdream import MVDreamGuidance, load_mvdream_components
     from .guidance.mvdream_unet import MVDREAM_VIEWS
 
-    device = resolve_device(g.device)
-    dtype = resolve_dtype(g.fp16, device)
-    key = f"mvdream {g.model} {device} {str(dtype).replace('torch.', '')}"
-    components = models.get(key, lambda: load_mvdream_components(g.model, device, dtype))
+    device, components = _loaded(g, models, load_mvdream_components)
     # Its views come in rings of four, 90 degrees apart, as it was trained.
     ring = TrainingViews(replace(views.camera, ring=MVDREAM_VIEWS), views.shading)
     return Prior(MVDreamGuidance(g, device, components), f"mvdream: {g.model}", g.model, ring)
 
 
 def _deepfloyd(g: GuidanceConfig, resolution: int, views: TrainingViews, models: ModelCache) -> Prior:
-    from .devices import resolve_device, resolve_dtype
     from .guidance.deepfloyd import DeepFloydGuidance, load_if_components
 
-    device = resolve_device(g.device)
-    dtype = resolve_dtype(g.fp16, device)
-    key = f"if {g.model} {device} {str(dtype).replace('torch.', '')}"
-    components = models.get(key, lambda: load_if_components(g.model, device, dtype))
+    device, components = _loaded(g, models, load_if_components)
     return Prior(DeepFloydGuidance(g, device, components), f"if: {g.model}", g.model, views)
 
 
