@@ -174,13 +174,14 @@ def test_view_dependent_prompts_make_front_and_back_differ(components):
     assert torch.allclose(front.grad, back.grad)  # one prompt: the camera does not matter
 
 
-def test_one_trainer_step_changes_the_field_and_keeps_gradients_finite(components):
+@pytest.mark.parametrize("score", ["sds", "sjc"])
+def test_one_trainer_step_changes_the_field_and_keeps_gradients_finite(components, score):
     config = RunConfig()
     config.field.grid_resolution = 16
     config.render.resolution, config.render.samples_per_ray = 24, 16
     config.render.occupancy_resolution = 16
     config.train.steps, config.train.checkpoint_every = 10, 0
-    config.guidance = GuidanceConfig(prior="if", prompt="a chair")
+    config.guidance = GuidanceConfig(prior="if", prompt="a chair", score=score)
     trainer = Trainer(config, DeepFloydGuidance(config.guidance, components=components))
     before = {k: v.detach().clone() for k, v in trainer.field.state_dict().items()}
 

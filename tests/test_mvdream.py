@@ -264,12 +264,13 @@ def test_sjc_score_averages_its_draws_over_whole_groups(components):
     assert "SJC" in guidance.describe() and (out.t == out.t[0]).all()
 
 
-def test_one_trainer_step_on_a_ring_of_four_changes_the_field(components):
+@pytest.mark.parametrize("score", ["sds", "sjc"])
+def test_one_trainer_step_on_a_ring_of_four_changes_the_field(components, score):
     config = RunConfig()
     config.field.grid_resolution = config.render.resolution = 16
     config.render.samples_per_ray = config.render.occupancy_resolution = 16
     config.train.steps, config.train.batch_size, config.camera.ring = 10, 1, 4
-    guidance = make_guidance(components)
+    guidance = make_guidance(components, score=score)
     t = Trainer(config, guidance, views=TrainingViews.of(config))
     before = {k: v.detach().clone() for k, v in t.field.state_dict().items()}
     loss = t.train_step()
