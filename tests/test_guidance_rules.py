@@ -156,3 +156,18 @@ def test_a_ring_of_cameras_shares_all_but_the_azimuth():
     # Without a ring the draws are what they always were.
     one = sample_cameras(CameraConfig(), 3, torch.Generator().manual_seed(0))
     assert torch.allclose(one.azimuth_deg, azimuth[:, 0])
+
+
+@pytest.mark.parametrize("score,schedule", [("sjc", "random"), ("sds", "dreamtime"), ("sjc", "anneal")])
+def test_the_closed_form_prior_trains_with_each_score_and_schedule(score, schedule):
+    from dreamsculpt.optimize import Trainer
+    from test_optimize import tiny_config, tiny_prior
+
+    config = tiny_config()
+    config.guidance.score, config.guidance.t_schedule = score, schedule
+    trainer = Trainer(config, tiny_prior(config))
+    before = trainer.field.planes.detach().clone()
+    losses = [trainer.train_step() for _ in range(3)]
+    assert all(loss == loss and loss > 0 for loss in losses)
+    assert torch.isfinite(trainer.field.planes.grad).all()
+    assert not torch.equal(trainer.field.planes.detach(), before)
