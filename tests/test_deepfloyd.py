@@ -40,13 +40,6 @@ BACK = Cameras.from_orbit(90.0, 0.0, 3.0, 40.0)
 TWO = Cameras.from_orbit([-90.0, 45.0], [0.0, 20.0], 3.0, 40.0)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing downloads: huggingface_hub refuses every request in offline mode."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
     return build_tiny_if(tmp_path_factory.mktemp("tiny-if") / "model")

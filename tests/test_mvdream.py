@@ -42,13 +42,6 @@ RINGS = Cameras.from_orbit(torch.tensor([-90.0, 0.0, 90.0, 180.0] * 2),
                            torch.tensor([15.0] * 4 + [30.0] * 4), 3.0, 40.0)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing downloads: huggingface_hub refuses every request in offline mode."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> str:
     return build_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream") / "model")

@@ -11,7 +11,6 @@ import shutil
 import time
 from pathlib import Path
 
-import huggingface_hub.constants
 import pytest
 import torch
 from dreamsculpt.cameras import Cameras
@@ -23,22 +22,15 @@ from dreamsculpt.guidance.stable_diffusion import (
     StableDiffusionGuidance,
     load_sd_components,
 )
-from tiny_sd import build_tiny_sd
 
 FRONT = Cameras.from_orbit(-90.0, 0.0, 3.0, 40.0)  # Blender's Front view: camera on -Y
 BACK = Cameras.from_orbit(90.0, 0.0, 3.0, 40.0)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Nothing downloads: huggingface_hub refuses every request in offline mode."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")
+def tiny_model(tiny_sd_path) -> str:
+    """The session's tiny SD folder (conftest.py); these tests only read it."""
+    return tiny_sd_path
 
 
 @pytest.fixture(scope="module")
